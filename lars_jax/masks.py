@@ -1,0 +1,236 @@
+"""Masks: which parameters a transform applies to.
+
+Every `mask=` argument in lars_jax (and `optax.masked`) accepts:
+
+* ``None`` or ``True``: every leaf; ``False``: no leaf;
+* a pytree of Python bools with the structure of the params, or a *prefix* of it
+  (``{'encoder': True, 'head': False}`` covers every leaf below each key);
+* a callable ``params -> bool pytree`` (or prefix), such as the builders below.
+
+``True`` always means *apply* (decay / adapt this leaf).
+
+Masks are built from structure, names, shapes and dtypes, never from values, so
+they stay static under ``jax.jit``. Paths are the pytree key paths joined with ``/``
+with no leading slash: Flax ``{'params': {'Dense_0': {'kernel': ...}}}`` gives
+``params/Dense_0/kernel``; dataclass fields give their attribute name; list and tuple
+entries give their index (``layers/0/kernel``).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from lars_jax import masks
+  >>> params = {'conv': {'kernel': jnp.ones((3, 3, 1, 8)), 'bias': jnp.zeros(8)},
+  ...           'bn': {'scale': jnp.ones(8)}}
+  >>> masks.exclude_names('bias', 'bn/')(params)
+  {'bn': {'scale': False}, 'conv': {'bias': False, 'kernel': True}}
+  >>> masks.min_ndim(2)(params)
+  {'bn': {'scale': False}, 'conv': {'bias': False, 'kernel': True}}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import jax
+import numpy as np
+
+Mask = Any  # bool | pytree of bools (or a prefix) | Callable[[params], pytree]
+MatchMode = Literal["search", "fullmatch"]
+
+__all__ = [
+  "path_str",
+  "tree_paths",
+  "exclude_names",
+  "only_names",
+  "min_ndim",
+  "all_of",
+  "any_of",
+  "resolve",
+]
+
+
+def _key_str(key: Any) -> str:
+  if isinstance(key, jax.tree_util.DictKey):
+    return str(key.key)
+  if isinstance(key, jax.tree_util.GetAttrKey):
+    return str(key.name)
+  if isinstance(key, jax.tree_util.SequenceKey):
+    return str(key.idx)
+  if isinstance(key, jax.tree_util.FlattenedIndexKey):
+    return str(key.key)
+  # Flax NNX and other custom nodes: fall back on whatever identifies the key.
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def path_str(path: Sequence[Any]) -> str:
+  """Joins a JAX key path into our ``a/b/0/kernel`` convention."""
+  return "/".join(_key_str(k) for k in path)
+
+
+def tree_paths(tree: Any) -> Any:
+  """Returns a pytree with the structure of `tree` whose leaves are path strings.
+
+  Example:
+    >>> tree_paths({'a': {'kernel': 1.0}, 'b': [2.0, 3.0]})
+    {'a': {'kernel': 'a/kernel'}, 'b': ['b/0', 'b/1']}
+  """
+  return jax.tree_util.tree_map_with_path(lambda p, _: path_str(p), tree)
+
+
+def _compile(patterns: Sequence[str], arg: str) -> list[re.Pattern[str]]:
+  if isinstance(patterns, str):
+    patterns = [patterns]
+  compiled = []
+  for p in patterns:
+    if not isinstance(p, str):
+      raise TypeError(f"`{arg}`: patterns must be strings, got {p!r}.")
+    try:
+      compiled.append(re.compile(p))
+    except re.error as e:
+      raise ValueError(f"`{arg}`: {p!r} is not a valid regular expression: {e}.") from e
+  return compiled
+
+
+def _name_mask(
+  patterns: Sequence[str], match: MatchMode, keep_matches: bool, what: str
+) -> Callable[[Any], Any]:
+  if match not in ("search", "fullmatch"):
+    raise ValueError(f"`match` must be 'search' or 'fullmatch', got {match!r}.")
+  compiled = _compile(patterns, what)
+
+  def mask_fn(params: Any) -> Any:
+    paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = [path_str(p) for p, _ in paths]
+    hits = [[bool(getattr(r, match)(n)) for r in compiled] for n in names]
+    for j, r in enumerate(compiled):
+      if names and not any(h[j] for h in hits):
+        examples = ", ".join(repr(n) for n in names[:6])
+        more = f" (and {len(names) - 6} more)" if len(names) > 6 else ""
+        raise ValueError(
+          f"{what}: pattern {r.pattern!r} matches no parameter "
+          f"(re.{match} over '/'-joined paths). Parameter paths look like: "
+          f"{examples}{more}."
+        )
+    values = [any(h) == keep_matches for h in hits]
+    return jax.tree_util.tree_unflatten(treedef, values)
+
+  mask_fn.__name__ = f"{what}({', '.join(repr(r.pattern) for r in compiled)})"
+  return mask_fn
+
+
+def exclude_names(*patterns: str, match: MatchMode = "search") -> Callable[[Any], Any]:
+  """Mask that is False for parameters whose path matches any pattern.
+
+  Args:
+    *patterns: regular expressions over '/'-joined paths.
+    match: ``'search'`` (anywhere in the path, as TF Model Garden's
+      ``exclude_from_weight_decay``) or ``'fullmatch'`` (the whole path, as big_vision).
+
+  Returns:
+    A callable ``params -> bool pytree``. It raises ``ValueError`` naming the pattern
+    and a few real paths when a pattern matches no parameter.
+  """
+  return _name_mask(patterns, match, keep_matches=False, what="exclude_names")
+
+
+def only_names(*patterns: str, match: MatchMode = "search") -> Callable[[Any], Any]:
+  """Mask that is True only for parameters whose path matches some pattern.
+
+  Args:
+    *patterns: regular expressions over '/'-joined paths.
+    match: ``'search'`` or ``'fullmatch'``, as in `exclude_names`.
+
+  Returns:
+    A callable ``params -> bool pytree``; unmatched patterns raise ``ValueError``.
+  """
+  return _name_mask(patterns, match, keep_matches=True, what="only_names")
+
+
+def min_ndim(n: int = 2) -> Callable[[Any], Any]:
+  """Mask that is True for parameters with at least `n` dimensions.
+
+  ``min_ndim(2)`` is the common "skip biases and normalisation scales" rule: kernels
+  and embeddings are decayed and adapted, 1-D and scalar parameters are not.
+  """
+  if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    raise ValueError(f"`n` must be a non-negative int, got {n!r}.")
+
+  def mask_fn(params: Any) -> Any:
+    return jax.tree.map(
+      lambda x: np.ndim(x) >= n if not hasattr(x, "ndim") else x.ndim >= n, params
+    )
+
+  mask_fn.__name__ = f"min_ndim({n})"
+  return mask_fn
+
+
+def _combine(masks: Sequence[Mask], op: Callable[[bool, bool], bool], name: str):
+  if not masks:
+    raise ValueError(f"{name} needs at least one mask.")
+
+  def mask_fn(params: Any) -> Any:
+    leaves, treedef = jax.tree.flatten(params)
+    out = None
+    for m in masks:
+      bits = resolve(m, params, arg=name)
+      out = bits if out is None else [op(a, b) for a, b in zip(out, bits)]
+    return jax.tree_util.tree_unflatten(treedef, out if leaves else [])
+
+  return mask_fn
+
+
+def all_of(*masks: Mask) -> Callable[[Any], Any]:
+  """Mask that is True where every given mask is True (e.g. name rule AND rank rule)."""
+  return _combine(masks, lambda a, b: a and b, "all_of")
+
+
+def any_of(*masks: Mask) -> Callable[[Any], Any]:
+  """Mask that is True where any given mask is True."""
+  return _combine(masks, lambda a, b: a or b, "any_of")
+
+
+def resolve(mask: Mask, tree: Any, *, arg: str = "mask") -> list[bool]:
+  """Resolves any accepted mask form against `tree`; one Python bool per leaf.
+
+  Args:
+    mask: None, a bool, a bool pytree (or prefix) or a callable returning one.
+    tree: the params (or updates) the mask is for.
+    arg: the argument name used in error messages.
+
+  Returns:
+    A list of Python bools aligned with ``jax.tree.leaves(tree)``.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  if mask is None:
+    return [True] * len(leaves)
+  if callable(mask) and not isinstance(mask, (bool, np.bool_)):
+    mask = mask(tree)
+  if isinstance(mask, (bool, np.bool_)):
+    return [bool(mask)] * len(leaves)
+  try:
+    expanded = jax.tree.map(
+      lambda m, sub: jax.tree.map(lambda _: m, sub),
+      mask,
+      tree,
+    )
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+      f"`{arg}` does not match the parameter tree: a mask must have the params' "
+      f"structure, or be a prefix of it, with a Python bool at each leaf. "
+      f"Mask structure: {jax.tree.structure(mask)}; params structure: {treedef}. "
+      f"({e})"
+    ) from None
+  bits = jax.tree.leaves(expanded)
+  for b in bits:
+    if isinstance(b, jax.core.Tracer) or not isinstance(b, (bool, np.bool_)):
+      raise TypeError(
+        f"`{arg}` must hold Python bools (static under jit), got {type(b).__name__} "
+        f"{b!r}. Build masks from names, shapes and dtypes, not from values."
+      )
+  if len(bits) != len(leaves):
+    raise ValueError(f"`{arg}` resolves to {len(bits)} leaves but the params have {len(leaves)}.")
+  return [bool(b) for b in bits]

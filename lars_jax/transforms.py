@@ -1,0 +1,471 @@
+"""Composable optax GradientTransformations that make up LARS.
+
+Each factory returns an `optax.GradientTransformationExtraArgs` that works on its own,
+inside `optax.chain`, `optax.inject_hyperparams`, `optax.MultiSteps`, `optax.masked`
+and friends. `lars_jax.lars` chains four of them:
+
+    add_decayed_weights -> scale_by_trust_ratio -> scale_by_learning_rate -> trace
+
+Numerics: layer norms and the trust ratio are computed in float32 or wider (float64
+for float64 parameters), so bfloat16/float16 parameters never underflow an `eps` or
+overflow a squared norm. Every update keeps the dtype of the incoming update.
+
+Layer norms of all leaves are computed together and the trust ratio is computed as
+one vector, so a tree with many small leaves costs a handful of XLA ops more than a
+tree with one leaf, and under `shard_map` the cross-device sum is a single
+collective per distinct set of mesh axes (see `axis_name` in
+`scale_by_trust_ratio`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec
+
+from lars_jax import _checks
+from lars_jax import masks as masks_lib
+
+ScalarOrSchedule = float | jax.Array | optax.Schedule
+AxisNames = Any  # None | str | tuple[str, ...] | PartitionSpec | pytree (prefix) of these
+
+
+class AddDecayedWeightsState(NamedTuple):
+  """Step count at which a weight-decay schedule is read next."""
+
+  count: jax.Array
+
+
+class ScaleByLearningRateState(NamedTuple):
+  """Step count at which a learning-rate schedule is read next."""
+
+  count: jax.Array
+
+
+class TraceState(NamedTuple):
+  """Momentum buffer, one array per parameter."""
+
+  trace: optax.Params
+
+
+# ----------------------------------------------------------------------------
+# Helpers shared with lars.py / presets / diagnostics.
+
+
+def wide_dtype(dtype: Any) -> jnp.dtype:
+  """The dtype our arithmetic runs in for `dtype`: float32 or wider."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _real_wide_dtype(dtype: Any) -> jnp.dtype:
+  return jnp.finfo(wide_dtype(dtype)).dtype
+
+
+def sq_norm(x: jax.Array) -> jax.Array:
+  """Sum of squared moduli of all elements of `x`, in float32 or wider."""
+  acc = wide_dtype(x.dtype)
+  x = x.astype(acc)
+  if jnp.issubdtype(acc, jnp.complexfloating):
+    return jnp.sum(jnp.square(x.real) + jnp.square(x.imag))
+  return jnp.sum(jnp.square(x))
+
+
+def flatten_like(tree: Any, treedef: Any, what: str, transform: str) -> list[Any]:
+  """Flattens `tree` up to `treedef` with a clear error on mismatch."""
+  try:
+    return treedef.flatten_up_to(tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+      f"{transform}: `{what}` does not have the structure of the updates. "
+      f"Updates: {treedef}; {what}: {jax.tree.structure(tree)}. Pass {what} "
+      f"with the same tree structure as the gradients. ({e})"
+    ) from None
+
+
+def _is_axis_leaf(x: Any) -> bool:
+  return (
+    x is None
+    or isinstance(x, (str, PartitionSpec))
+    or (isinstance(x, tuple) and len(x) > 0 and all(isinstance(a, str) for a in x))
+  )
+
+
+def _normalize_axes(a: Any) -> tuple[Hashable, ...]:
+  if a is None:
+    return ()
+  if isinstance(a, str):
+    return (a,)
+  if isinstance(a, PartitionSpec):
+    out: list[Hashable] = []
+    for entry in a:
+      if isinstance(entry, str):
+        out.append(entry)
+      elif isinstance(entry, tuple):
+        out.extend(e for e in entry if isinstance(e, str))
+    return tuple(out)
+  return tuple(a)
+
+
+def leaf_axes(axis_name: AxisNames, tree: Any) -> list[tuple[Hashable, ...]]:
+  """Resolves `axis_name` (a name, tuple, PartitionSpec or pytree prefix of them).
+
+  Returns one tuple of mesh-axis names per leaf of `tree`: the axes over which that
+  leaf is split, so its squared norm must be summed over them.
+  """
+  n = len(jax.tree.leaves(tree))
+  if axis_name is None:
+    return [()] * n
+  if _is_axis_leaf(axis_name):
+    return [_normalize_axes(axis_name)] * n
+  axes_leaves, axes_def = jax.tree.flatten(axis_name, is_leaf=_is_axis_leaf)
+  try:
+    subtrees = axes_def.flatten_up_to(tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+      "`axis_name` must be a mesh-axis name, a tuple of names, a PartitionSpec, "
+      "or a pytree of those with the params' structure (or a prefix of it). "
+      f"Got structure {axes_def} for params {jax.tree.structure(tree)}. ({e})"
+    ) from None
+  out: list[tuple[Hashable, ...]] = []
+  for a, sub in zip(axes_leaves, subtrees):
+    out.extend([_normalize_axes(a)] * len(jax.tree.leaves(sub)))
+  return out
+
+
+def layer_norms(
+  leaf_lists: Sequence[Sequence[jax.Array]],
+  axes: Sequence[tuple[Hashable, ...]],
+) -> list[jax.Array]:
+  """Per-leaf L2 norms of several aligned leaf lists, as one vector per list.
+
+  All squared norms are computed in float32 (float64 if any leaf is float64),
+  stacked, summed across devices with one `lax.psum` per distinct axis tuple, and
+  square-rooted as vectors.
+
+  Args:
+    leaf_lists: K lists of N arrays each (e.g. params and updates).
+    axes: N tuples of mesh-axis names (from `leaf_axes`), () for unsplit leaves.
+
+  Returns:
+    K vectors of shape (N,).
+  """
+  n = len(axes)
+  if n == 0:
+    return [jnp.zeros((0,), jnp.float32) for _ in leaf_lists]
+  dtype = jnp.result_type(*[_real_wide_dtype(x.dtype) for leaves in leaf_lists for x in leaves])
+  sq = jnp.stack(
+    [jnp.stack([sq_norm(x).astype(dtype) for x in leaves]) for leaves in leaf_lists]
+  )  # (K, N)
+  groups: dict[tuple[Hashable, ...], list[int]] = {}
+  for i, a in enumerate(axes):
+    groups.setdefault(a, []).append(i)
+  if len(groups) == 1:
+    (a,) = groups
+    if a:
+      sq = jax.lax.psum(sq, a)
+  else:
+    for a, idx in groups.items():
+      if a:
+        cols = jnp.asarray(idx)
+        sq = sq.at[:, cols].set(jax.lax.psum(sq[:, cols], a))
+  return list(jnp.sqrt(sq))
+
+
+def _zeros_like(x: Any, dtype: Any = None) -> jax.Array:
+  dtype = dtype or x.dtype
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return jnp.zeros(x.shape, dtype, device=getattr(x, "sharding", None))
+  return jnp.zeros_like(x, dtype=dtype)
+
+
+def _scale(u: jax.Array, s: jax.Array | float) -> jax.Array:
+  return (u.astype(wide_dtype(u.dtype)) * s).astype(u.dtype)
+
+
+# ----------------------------------------------------------------------------
+# The transforms.
+
+
+def add_decayed_weights(
+  weight_decay: ScalarOrSchedule = 0.0,
+  mask: masks_lib.Mask = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adds decoupled weight decay to the updates: :math:`u = g + \lambda w`.
+
+  Leaves where `mask` is False pass through untouched. With a schedule, step
+  :math:`c` (counting from 0) uses :math:`\lambda(c)`. A Python ``0`` skips the
+  computation entirely; a traced or array zero still adds :math:`0 \cdot w`, exactly
+  as `optax.add_decayed_weights`.
+
+  Args:
+    weight_decay: the rate :math:`\lambda \ge 0`, or a schedule ``count -> rate``.
+    mask: which leaves to decay (see `lars_jax.masks`); None decays all.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
+  Examples:
+    >>> import jax.numpy as jnp, lars_jax
+    >>> tx = lars_jax.add_decayed_weights(0.1, mask={'w': True, 'b': False})
+    >>> params = {'w': jnp.array([1.0, 2.0]), 'b': jnp.array([3.0])}
+    >>> grads = {'w': jnp.zeros(2), 'b': jnp.ones(1)}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> updates['w'], updates['b']
+    (Array([0.1, 0.2], dtype=float32), Array([1.], dtype=float32))
+  """
+  name = "add_decayed_weights"
+  _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable weight decay.")
+  is_schedule = callable(weight_decay)
+  is_python_zero = (
+    not is_schedule and isinstance(weight_decay, (int, float)) and float(weight_decay) == 0.0
+  )
+
+  def init_fn(params):
+    _checks.check_float_leaves(name, params)
+    masks_lib.resolve(mask, params, arg="mask")
+    if is_schedule:
+      return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32))
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if is_python_zero:
+      return updates, state
+    if params is None:
+      raise _checks.no_params_error(name)
+    u_leaves, treedef = jax.tree.flatten(updates)
+    p_leaves = flatten_like(params, treedef, "params", name)
+    _checks.check_float_leaves(name, params)
+    bits = masks_lib.resolve(mask, params, arg="mask")
+    if is_schedule:
+      wd = weight_decay(state.count)
+      state = AddDecayedWeightsState(count=optax.safe_increment(state.count))
+    else:
+      wd = weight_decay
+    out = [
+      (u.astype(wide_dtype(u.dtype)) + wd * p.astype(wide_dtype(p.dtype))).astype(u.dtype)
+      if b
+      else u
+      for u, p, b in zip(u_leaves, p_leaves, bits)
+    ]
+    return treedef.unflatten(out), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_trust_ratio(
+  trust_coefficient: float | jax.Array = 1.0,
+  eps: float | jax.Array = 0.0,
+  mask: masks_lib.Mask = None,
+  *,
+  axis_name: AxisNames = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Scales each leaf by its layer-wise trust ratio.
+
+  For each leaf with parameter :math:`w` and incoming update :math:`u`:
+
+  .. math::
+
+    r = \begin{cases}
+      \eta \, \|w\| / (\|u\| + \epsilon) & \text{if } \|w\| > 0 \text{ and } \|u\| > 0 \\
+      1 & \text{otherwise}
+    \end{cases}, \qquad u \leftarrow r\,u
+
+  with :math:`\|\cdot\|` the L2 norm over all elements of the leaf (the modulus for
+  complex leaves), computed in float32 or wider. The fallback to 1 means a zero
+  parameter or a zero update never produces NaN or Inf. Leaves where `mask` is False
+  pass through untouched. Same numbers as `optax.scale_by_trust_ratio` with
+  ``min_norm=0``.
+
+  **Sharded parameters.** Under `shard_map` (or `pmap` over a split model) each device
+  holds only a slice of a leaf, and the norm must be summed across devices. Pass the
+  mesh axes each leaf is *split* over: a name, a tuple of names, a `PartitionSpec`,
+  or a pytree (prefix) of these, e.g. the params' `PartitionSpec` tree. Leaves that
+  are replicated must get ``None``: giving them an axis would count them once per
+  device. **Without `axis_name`, a sharded leaf silently gets the ratio of its local
+  slice.** Under `jit` with `NamedSharding` (pjit) norms are global already: leave
+  `axis_name` as None.
+
+  Args:
+    trust_coefficient: :math:`\eta`, the trust coefficient (``>= 0``).
+    eps: :math:`\epsilon \ge 0`, added to the update norm.
+    mask: which leaves to scale (see `lars_jax.masks`); None scales all.
+    axis_name: mesh axes to sum squared norms over (see above).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
+  Examples:
+    >>> import jax.numpy as jnp, lars_jax
+    >>> tx = lars_jax.scale_by_trust_ratio(trust_coefficient=0.001)
+    >>> w, g = jnp.array([3.0, 4.0]), jnp.array([0.6, 0.8])  # |w| = 5, |g| = 1
+    >>> updates, _ = tx.update(g, tx.init(w), w)
+    >>> updates / g  # ratio 0.001 * 5 / 1
+    Array([0.005, 0.005], dtype=float32)
+  """
+  name = "scale_by_trust_ratio"
+  _checks.check_scalar("trust_coefficient", trust_coefficient)
+  _checks.check_scalar(
+    "eps", eps, fix="eps is added to the update norm; use 0.0 or a small positive value."
+  )
+
+  def init_fn(params):
+    _checks.check_float_leaves(name, params)
+    masks_lib.resolve(mask, params, arg="mask")
+    leaf_axes(axis_name, params)
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise _checks.no_params_error(name)
+    u_leaves, treedef = jax.tree.flatten(updates)
+    p_leaves = flatten_like(params, treedef, "params", name)
+    _checks.check_float_leaves(name, params)
+    bits = masks_lib.resolve(mask, params, arg="mask")
+    idx = [i for i, b in enumerate(bits) if b]
+    if not idx:
+      return updates, state
+    axes = leaf_axes(axis_name, params)
+    pn, un = layer_norms(
+      [[p_leaves[i] for i in idx], [u_leaves[i] for i in idx]],
+      [axes[i] for i in idx],
+    )
+    ratio = trust_ratio(pn, un, trust_coefficient, eps)
+    out = list(u_leaves)
+    for k, i in enumerate(idx):
+      out[i] = _scale(u_leaves[i], ratio[k])
+    return treedef.unflatten(out), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def trust_ratio(
+  param_norm: jax.Array,
+  update_norm: jax.Array,
+  trust_coefficient: float | jax.Array,
+  eps: float | jax.Array = 0.0,
+) -> jax.Array:
+  r""":math:`\eta \|w\| / (\|u\| + \epsilon)` where both norms are > 0, else 1 (no NaN)."""
+  ok = (param_norm > 0) & (update_norm > 0)
+  denom = jnp.where(ok, update_norm + eps, 1.0)
+  return jnp.where(ok, trust_coefficient * param_norm / denom, 1.0)
+
+
+def scale_by_learning_rate(
+  learning_rate: ScalarOrSchedule | None,
+  *,
+  flip_sign: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Multiplies updates by :math:`-\gamma` (or :math:`+\gamma` with ``flip_sign=False``).
+
+  With a schedule, update number :math:`c` (counting from 0) uses :math:`\gamma(c)`:
+  the first update uses ``schedule(0)``, as optax does. The product is computed in
+  float32 or wider and cast back to the update's dtype, so a bfloat16 update is not
+  multiplied by a learning rate already rounded to bfloat16. ``None`` is the identity.
+
+  Args:
+    learning_rate: :math:`\gamma \ge 0`, or a schedule ``count -> rate``.
+    flip_sign: negate, so that ``optax.apply_updates`` descends.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, lars_jax
+    >>> tx = lars_jax.scale_by_learning_rate(optax.linear_schedule(0.0, 1.0, 4))
+    >>> state = tx.init(jnp.zeros(1))
+    >>> u0, state = tx.update(jnp.ones(1), state)  # schedule(0) = 0
+    >>> u1, state = tx.update(jnp.ones(1), state)  # schedule(1) = 0.25
+    >>> u0, u1
+    (Array([-0.], dtype=float32), Array([-0.25], dtype=float32))
+  """
+  _checks.check_scalar(
+    "learning_rate",
+    learning_rate,
+    fix="Pass a non-negative number or an optax schedule.",
+  )
+  if not isinstance(flip_sign, bool):
+    raise TypeError(f"`flip_sign` must be a bool, got {flip_sign!r}.")
+  sign = -1.0 if flip_sign else 1.0
+  is_schedule = callable(learning_rate)
+
+  def init_fn(params):
+    if is_schedule:
+      return ScaleByLearningRateState(count=jnp.zeros([], jnp.int32))
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    if learning_rate is None:
+      return updates, state
+    if is_schedule:
+      step = sign * learning_rate(state.count)
+      state = ScaleByLearningRateState(count=optax.safe_increment(state.count))
+    else:
+      step = sign * learning_rate
+    return jax.tree.map(lambda u: _scale(u, step), updates), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def trace(
+  decay: float | jax.Array,
+  nesterov: bool = False,
+  accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Momentum: :math:`t \leftarrow x + \mu t`; outputs :math:`t` or :math:`x + \mu t`.
+
+  The buffer :math:`t` starts at zero, so the first output equals the first input
+  (PyTorch's "clone on the first step" without dampening). With ``nesterov=True`` the
+  output is :math:`x + \mu t_{new}`. Same numbers as `optax.trace`.
+
+  Args:
+    decay: the momentum :math:`\mu \in [0, 1)`.
+    nesterov: use Nesterov momentum.
+    accumulator_dtype: dtype of the buffer; defaults to each parameter's dtype. Use
+      ``jnp.float32`` to keep a float32 buffer for bfloat16 parameters.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
+  Examples:
+    >>> import jax.numpy as jnp, lars_jax
+    >>> tx = lars_jax.trace(0.5, nesterov=True)
+    >>> state = tx.init(jnp.zeros(1))
+    >>> u, state = tx.update(jnp.ones(1), state)  # t = 1, out = 1 + 0.5 * 1
+    >>> u, state.trace
+    (Array([1.5], dtype=float32), Array([1.], dtype=float32))
+    >>> u, state = tx.update(jnp.ones(1), state)  # t = 1.5, out = 1 + 0.75
+    >>> u
+    Array([1.75], dtype=float32)
+  """
+  name = "trace"
+  _checks.check_momentum("decay", decay)
+  if not isinstance(nesterov, bool):
+    raise TypeError(f"`nesterov` must be a bool, got {nesterov!r}.")
+  acc_dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
+
+  def init_fn(params):
+    _checks.check_float_leaves(name, params)
+    return TraceState(trace=jax.tree.map(lambda p: _zeros_like(p, acc_dtype), params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    x_leaves, treedef = jax.tree.flatten(updates)
+    t_leaves = flatten_like(state.trace, treedef, "state.trace", name)
+    new_t, out = [], []
+    for x, t in zip(x_leaves, t_leaves):
+      acc = jnp.promote_types(wide_dtype(x.dtype), wide_dtype(t.dtype))
+      xw = x.astype(acc)
+      tn = xw + decay * t.astype(acc)
+      o = xw + decay * tn if nesterov else tn
+      new_t.append(tn.astype(t.dtype))
+      out.append(o.astype(x.dtype))
+    return treedef.unflatten(out), TraceState(trace=treedef.unflatten(new_t))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
