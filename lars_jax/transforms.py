@@ -19,6 +19,7 @@ collective per distinct set of mesh axes (see `axis_name` in
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
@@ -186,6 +187,53 @@ def _scale(u: jax.Array, s: jax.Array | float) -> jax.Array:
   return (u.astype(wide_dtype(u.dtype)) * s).astype(u.dtype)
 
 
+# Decay hints: speed only, never numbers. Under `jit`, `u = g + wd * w` from
+# `add_decayed_weights` feeds two consumers in `scale_by_trust_ratio`: the norm
+# reduction and the elementwise update. XLA CPU then materialises `u` (a temporary as
+# large as the parameters): its reduction fusions (YNNPACK) only absorb a producer
+# whose every user is inside the fusion, and its loop fusion does not duplicate a
+# two-input producer. So `add_decayed_weights` records, for each traced output leaf,
+# how it was made, and `scale_by_trust_ratio` takes the norm of a recomputation,
+# `g - (-wd) * w` (the same value; at most a fused multiply-add rounds differently),
+# which XLA does not merge with `u`: the reduction
+# reads g and w directly, `u` has one user and fuses into the update loop, and no
+# temporary is allocated (see benchmarks/README.md). Entries are keyed by the output
+# tracer's id, checked by identity, and dropped when the tracer dies.
+_DECAY_HINTS: dict[int, tuple[Any, jax.Array, jax.Array, Any]] = {}
+
+
+def _record_decay_hint(out: Any, u: jax.Array, p: jax.Array, wd: Any) -> None:
+  if not isinstance(out, jax.core.Tracer):
+    return
+  key = id(out)
+
+  def drop(ref: Any, key: int = key) -> None:
+    entry = _DECAY_HINTS.get(key)
+    if entry is not None and entry[0] is ref:
+      del _DECAY_HINTS[key]
+
+  try:
+    ref = weakref.ref(out, drop)
+  except TypeError:  # a tracer type without weakref support: no hint, same numbers
+    return
+  _DECAY_HINTS[key] = (ref, u, p, wd)
+
+
+def _norm_source(x: jax.Array) -> jax.Array:
+  """`x`, or a recomputation of its value that XLA does not merge with `x`."""
+  entry = _DECAY_HINTS.get(id(x))
+  if entry is None or entry[0]() is not x:
+    return x
+  _, u, p, wd = entry
+  # Same rounding as `add_decayed_weights`: a - (-c) * b == a + c * b exactly. The
+  # barrier ties -wd to this leaf: otherwise leaves of equal shape share one
+  # broadcast of the constant, which the reduction fusions cannot absorb, and XLA
+  # materialises it (a temporary per distinct leaf shape).
+  pw = p.astype(wide_dtype(p.dtype))
+  neg, _ = jax.lax.optimization_barrier((-jnp.asarray(wd, jnp.result_type(wd, pw)), p))
+  return (u.astype(wide_dtype(u.dtype)) - neg * pw).astype(x.dtype)
+
+
 # ----------------------------------------------------------------------------
 # The transforms.
 
@@ -252,6 +300,9 @@ def add_decayed_weights(
       else u
       for u, p, b in zip(u_leaves, p_leaves, bits)
     ]
+    for o, u, p, b in zip(out, u_leaves, p_leaves, bits):
+      if b:
+        _record_decay_hint(o, u, p, wd)
     return treedef.unflatten(out), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -332,7 +383,7 @@ def scale_by_trust_ratio(
       return updates, state
     axes = leaf_axes(axis_name, params)
     pn, un = layer_norms(
-      [[p_leaves[i] for i in idx], [u_leaves[i] for i in idx]],
+      [[p_leaves[i] for i in idx], [_norm_source(u_leaves[i]) for i in idx]],
       [axes[i] for i in idx],
     )
     ratio = trust_ratio(pn, un, trust_coefficient, eps)
