@@ -1,0 +1,133 @@
+"""Timing harness shared by the benchmark scripts.
+
+One optimizer step is `params, state = step(params, state, grads)` under `jax.jit`
+with params and state donated and `optax.apply_updates` inside, which is how a
+training loop calls it. Every candidate is compiled first, warmed up, then timed
+round-robin (one step of each in turn, `repeats` times) so that load from other
+processes hits all of them alike; we report medians.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import lars_jax
+
+LR, WD, MOMENTUM = 0.1, 1e-4, 0.9
+
+
+def optimizers(
+  include_presets: bool = True,
+) -> dict[str, Callable[[], optax.GradientTransformation]]:
+  """The candidates, by display name: lazily built transformations."""
+  m2 = lars_jax.masks.min_ndim(2)
+  out: dict[str, Callable[[], optax.GradientTransformation]] = {
+    "sgd-momentum": lambda: optax.sgd(LR, momentum=MOMENTUM),
+    "adamw": lambda: optax.adamw(1e-3, weight_decay=WD),
+    "optax.lars": lambda: optax.lars(
+      LR, weight_decay=WD, weight_decay_mask=m2, trust_ratio_mask=m2, momentum=MOMENTUM
+    ),
+    "lars_jax.lars": lambda: lars_jax.lars(
+      LR, weight_decay=WD, weight_decay_mask=m2, trust_ratio_mask=m2, momentum=MOMENTUM
+    ),
+    "lars_jax.lars (no masks)": lambda: lars_jax.lars(LR, weight_decay=WD, momentum=MOMENTUM),
+  }
+  if include_presets:
+    for name in ("tf_lars", "torch_lars", "larc"):
+      fn = getattr(lars_jax, name, None)
+      if fn is None:
+        continue
+      params = inspect.signature(fn).parameters
+      kwargs: dict[str, Any] = {}
+      if "weight_decay" in params:
+        kwargs["weight_decay"] = WD
+      out[f"lars_jax.{name}"] = lambda fn=fn, kwargs=kwargs: fn(LR, **kwargs)
+  return out
+
+
+def make_step(tx: optax.GradientTransformation):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def kernel_count(hlo_text: str) -> int:
+  """Top-level ops that run as kernels in the optimized HLO (fusions, custom calls)."""
+  entry = hlo_text[hlo_text.index("\nENTRY") :]
+  entry = entry[: entry.index("\n}")]
+  return len(re.findall(r"= [^=]*? (?:fusion|custom-call|copy|reduce|dot)\(", entry))
+
+
+class Compiled:
+  """A compiled, donated step with its own params/state, ready to time."""
+
+  def __init__(self, tx: optax.GradientTransformation, params: Any, grads: Any):
+    self.params = jax.tree.map(jnp.copy, params)
+    self.state = tx.init(self.params)
+    self.grads = grads
+    self.exe = make_step(tx).lower(self.params, self.state, grads).compile()
+    mem = self.exe.memory_analysis()
+    self.temp_bytes = int(mem.temp_size_in_bytes) if mem is not None else -1
+    self.kernels = kernel_count(self.exe.as_text())
+
+  def run(self) -> float:
+    t0 = time.perf_counter()
+    self.params, self.state = self.exe(self.params, self.state, self.grads)
+    jax.block_until_ready((self.params, self.state))
+    return time.perf_counter() - t0
+
+
+def time_round_robin(cands: dict[str, Compiled], repeats: int, warmup: int = 2) -> dict[str, float]:
+  """Median seconds per step of each candidate, timed in turn."""
+  for c in cands.values():
+    for _ in range(warmup):
+      c.run()
+  times: dict[str, list[float]] = {k: [] for k in cands}
+  for _ in range(repeats):
+    for k, c in cands.items():
+      times[k].append(c.run())
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def copy_bandwidth(n_floats: int, repeats: int = 9) -> float:
+  """Bytes/s of a donated f32 scaled copy y -> x (reads n, writes n floats)."""
+  x = jnp.zeros((n_floats,), jnp.float32)
+  y = jnp.ones((n_floats,), jnp.float32)
+  f = jax.jit(lambda x, y: y * 1.0001, donate_argnums=0)
+  for _ in range(2):
+    x = f(x, y)
+  jax.block_until_ready(x)
+  ts = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    x = f(x, y)
+    jax.block_until_ready(x)
+    ts.append(time.perf_counter() - t0)
+  return 2 * 4 * n_floats / statistics.median(ts)
+
+
+def machine() -> str:
+  cpu = "unknown CPU"
+  try:
+    with open("/proc/cpuinfo") as fh:
+      for line in fh:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  import os
+
+  plat = jax.devices()[0].platform
+  return f"{os.cpu_count()} cores, {cpu}, jax {jax.__version__}, optax {optax.__version__}, {plat}"
