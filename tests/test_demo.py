@@ -1,0 +1,98 @@
+"""`python -m lars_jax.demo --quick` end to end, plus its small pieces."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+from lars_jax import demo  # noqa: E402
+
+CHANCE = 0.1  # ten balanced classes
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("demo_out")
+  return out, demo.main(["--quick", "--out", str(out), "--no-progress"])
+
+
+def test_quick_lars_beats_chance_by_a_wide_margin(quick_run):
+  _, res = quick_run
+  lars_rows = [r for r in res["summary"] if r["optimizer"] == "lars"]
+  assert len(lars_rows) == len(demo.QUICK_BATCH_SIZES)
+  for r in lars_rows:
+    assert r["mean"] > 0.7, r  # chance is 0.1
+  # The largest batch (the whole training set) takes one step per epoch.
+  full = max(lars_rows, key=lambda r: r["batch_size"])
+  assert full["batch_size"] == 1437
+  assert full["steps"] == 15  # --quick: 15 epochs
+
+
+def test_quick_writes_table_json_and_plots(quick_run):
+  out, res = quick_run
+  for name in ("results.md", "results.json", "accuracy_vs_batch_size.png", "trust_ratios.png"):
+    assert (out / name).stat().st_size > 0, name
+  table = (out / "results.md").read_text()
+  assert table.startswith("| batch | steps | LARS peak lr |")
+  assert table == res["table"] + "\n"
+  saved = json.loads((out / "results.json").read_text())
+  assert len(saved["runs"]) == len(res["runs"]) == 2 * len(demo.QUICK_BATCH_SIZES)
+  assert {r["optimizer"] for r in saved["runs"]} == {"lars", "sgd"}
+  assert (out / "accuracy_vs_batch_size.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quick_logs_trust_ratios_of_adapted_kernels_only(quick_run):
+  _, res = quick_run
+  logged = [r for r in res["runs"] if r.trust_ratios]
+  assert len(logged) == 1
+  run = logged[0]
+  assert run.optimizer == "lars" and run.batch_size == 1437
+  names = set(run.trust_ratios)
+  # Biases and batch-norm parameters are neither decayed nor adapted: no ratio logged.
+  assert names and all(n.endswith("/kernel") for n in names)
+  assert not any("BatchNorm" in n or n.endswith("bias") for n in names)
+  for values in run.trust_ratios.values():
+    v = np.asarray(values)
+    assert v.shape == (run.steps,)
+    assert np.all(np.isfinite(v)) and np.all(v > 0)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+  s = demo.warmup_poly_schedule(2.0, total_steps=20, warmup_steps=4)
+  vals = np.array([float(s(c)) for c in range(21)])
+  np.testing.assert_allclose(vals[:4], [0.5, 1.0, 1.5, 2.0], rtol=1e-6)
+  np.testing.assert_allclose(vals[4], 2.0, rtol=1e-6)
+  assert np.all(np.diff(vals[4:]) <= 0)
+  assert vals[20] == 0.0
+  np.testing.assert_allclose(vals[12], 2.0 * (1 - 8 / 16) ** 2, rtol=1e-6)
+
+
+def test_bad_inputs_name_the_argument():
+  with pytest.raises(ValueError, match="--batch-sizes"):
+    demo._batch_sizes(["0"], 100)
+  with pytest.raises(ValueError, match="--batch-sizes"):
+    demo._batch_sizes(["200"], 100)
+  with pytest.raises(ValueError, match="`optimizer`"):
+    demo.make_optimizer(demo.Recipe("adam", 1.0), 32, 10, 1)
+  assert demo._batch_sizes(["full", "32", "32"], 100) == [32, 100]
+
+
+def test_split_is_fixed_and_validation_never_sees_test_images():
+  x_tr, y_tr, x_te, y_te = demo.load_digits_split()
+  assert x_tr.shape == (1437, 8, 8, 1) and x_te.shape == (360, 8, 8, 1)
+  assert x_tr.dtype == np.float32 and y_tr.dtype == np.int32
+  assert abs(float(x_tr.mean())) < 1e-4 and abs(float(x_tr.std()) - 1) < 1e-4
+  np.testing.assert_array_equal(y_te, demo.load_digits_split()[3])
+  assert np.bincount(y_te).min() >= 35  # stratified: ~36 of each digit
+  from sklearn.datasets import load_digits
+
+  labels = load_digits().target
+  tr, te = demo.split_indices(labels)
+  v_tr, v_val = demo.split_indices(labels, validation=True)
+  assert len(set(tr) | set(te)) == 1797 and not set(tr) & set(te)
+  assert set(v_tr) | set(v_val) == set(tr) and not set(v_val) & set(te)
+  assert demo.load_digits_split(validation=True)[0].shape == (1077, 8, 8, 1)
