@@ -158,9 +158,7 @@ def layer_norms(
   if n == 0:
     return [jnp.zeros((0,), jnp.float32) for _ in leaf_lists]
   dtype = jnp.result_type(*[_real_wide_dtype(x.dtype) for leaves in leaf_lists for x in leaves])
-  sq = jnp.stack(
-    [jnp.stack([sq_norm(x).astype(dtype) for x in leaves]) for leaves in leaf_lists]
-  )  # (K, N)
+  sq = jnp.stack([_sq_norms(leaves, dtype) for leaves in leaf_lists])  # (K, N)
   groups: dict[tuple[Hashable, ...], list[int]] = {}
   for i, a in enumerate(axes):
     groups.setdefault(a, []).append(i)
@@ -174,6 +172,45 @@ def layer_norms(
         cols = jnp.asarray(idx)
         sq = sq.at[:, cols].set(jax.lax.psum(sq[:, cols], a))
   return list(jnp.sqrt(sq))
+
+
+# Leaves below this many elements get their squared norms batched: stacked by shape
+# and reduced together. Each small reduction is otherwise its own kernel (two on XLA
+# CPU, which squares and reduces small arrays separately), and per-kernel overhead,
+# not bandwidth, dominates for biases and normalisation scales. 4096 is also where
+# XLA CPU starts sending reductions to YNNPACK.
+_SMALL_LEAF = 4096
+
+
+def _sq_norms(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
+  """`[sq_norm(x) for x in leaves]` as a vector of `dtype`, small leaves batched."""
+  groups: dict[tuple[Any, ...], list[int]] = {}
+  for i, x in enumerate(leaves):
+    if x.size < _SMALL_LEAF:
+      groups.setdefault((x.shape, jnp.dtype(x.dtype)), []).append(i)
+  groups = {k: v for k, v in groups.items() if len(v) > 1}
+  if not groups:
+    return jnp.stack([sq_norm(x).astype(dtype) for x in leaves])
+  pieces, order = [], []
+  batched = {i for idx in groups.values() for i in idx}
+  for i, x in enumerate(leaves):
+    if i not in batched:
+      pieces.append(sq_norm(x).astype(dtype)[None])
+      order.append(i)
+  for idx in groups.values():
+    stacked = jnp.stack([leaves[i].reshape(-1) for i in idx]).astype(
+      wide_dtype(leaves[idx[0]].dtype)
+    )
+    if jnp.issubdtype(stacked.dtype, jnp.complexfloating):
+      sq = jnp.sum(jnp.square(stacked.real) + jnp.square(stacked.imag), axis=1)
+    else:
+      sq = jnp.sum(jnp.square(stacked), axis=1)
+    pieces.append(sq.astype(dtype))
+    order.extend(idx)
+  inverse = [0] * len(order)
+  for pos, i in enumerate(order):
+    inverse[i] = pos
+  return jnp.concatenate(pieces)[jnp.asarray(inverse)]
 
 
 def _zeros_like(x: Any, dtype: Any = None) -> jax.Array:
