@@ -61,6 +61,43 @@ def test_quick_logs_trust_ratios_of_adapted_kernels_only(quick_run):
     assert np.all(np.isfinite(v)) and np.all(v > 0)
 
 
+def test_logged_first_step_ratios_match_a_direct_computation(quick_run):
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  _, res = quick_run
+  run = next(r for r in res["runs"] if r.trust_ratios)
+  eta, wd = 0.001, 5e-4  # the demo's defaults
+  # Step 1 of the logged run (seed 0, the whole training set as one batch), recomputed.
+  x, y, _, _ = demo.load_digits_split()
+  model = demo.ResNet()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  perm = np.random.default_rng(10_000).permutation(len(y))
+
+  def loss_fn(params):
+    logits, _ = model.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      jnp.asarray(x[perm]),
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y[perm])).mean()
+
+  grads = jax.grad(loss_fn)(variables["params"])
+  for path in ("Conv_0/kernel", "Dense_0/kernel", "ResidualBlock_1/Conv_2/kernel"):
+    node_w, node_g = variables["params"], grads
+    for k in path.split("/"):
+      node_w, node_g = node_w[k], node_g[k]
+    w, g = np.asarray(node_w, np.float64), np.asarray(node_g, np.float64)
+    expected = eta * np.linalg.norm(w) / np.linalg.norm(g + wd * w)
+    np.testing.assert_allclose(run.trust_ratios[path][0], expected, rtol=1e-4, err_msg=path)
+  # Convolutions in front of a zero-initialised batch-norm scale get a zero gradient on
+  # step 1, so u = wd * w and the ratio is exactly eta / wd = 2.
+  for path in ("ResidualBlock_0/Conv_0/kernel", "ResidualBlock_1/Conv_1/kernel"):
+    np.testing.assert_allclose(run.trust_ratios[path][0], eta / wd, rtol=1e-5, err_msg=path)
+
+
 def test_schedule_warms_up_then_decays_to_zero():
   s = demo.warmup_poly_schedule(2.0, total_steps=20, warmup_steps=4)
   vals = np.array([float(s(c)) for c in range(21)])
