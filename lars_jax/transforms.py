@@ -13,12 +13,13 @@ overflow a squared norm. Every update keeps the dtype of the incoming update.
 Layer norms of all leaves are computed together and the trust ratio is computed as
 one vector, so a tree with many small leaves costs a handful of XLA ops more than a
 tree with one leaf, and under `shard_map` the cross-device sum is a single
-collective per distinct set of mesh axes (see `axis_name` in
+collective for all leaves, whatever mesh axes each is split over (see `axis_name` in
 `scale_by_trust_ratio`).
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
@@ -144,8 +145,8 @@ def layer_norms(
   """Per-leaf L2 norms of several aligned leaf lists, as one vector per list.
 
   All squared norms are computed in float32 (float64 if any leaf is float64),
-  stacked, summed across devices with one `lax.psum` per distinct axis tuple, and
-  square-rooted as vectors.
+  stacked, summed across devices with one `lax.psum` (over the union of all leaves'
+  axes; each leaf counted once per shard), and square-rooted as vectors.
 
   Args:
     leaf_lists: K lists of N arrays each (e.g. params and updates).
@@ -158,20 +159,37 @@ def layer_norms(
   if n == 0:
     return [jnp.zeros((0,), jnp.float32) for _ in leaf_lists]
   dtype = jnp.result_type(*[_real_wide_dtype(x.dtype) for leaves in leaf_lists for x in leaves])
-  sq = jnp.stack([_sq_norms(leaves, dtype) for leaves in leaf_lists])  # (K, N)
   groups: dict[tuple[Hashable, ...], list[int]] = {}
   for i, a in enumerate(axes):
     groups.setdefault(a, []).append(i)
   if len(groups) == 1:
     (a,) = groups
-    if a:
-      sq = jax.lax.psum(sq, a)
-  else:
-    for a, idx in groups.items():
-      if a:
-        cols = jnp.asarray(idx)
-        sq = sq.at[:, cols].set(jax.lax.psum(sq[:, cols], a))
-  return list(jnp.sqrt(sq))
+    sq = jnp.stack([_sq_norms(leaves, dtype) for leaves in leaf_lists])  # (K, N)
+    return list(jnp.sqrt(jax.lax.psum(sq, a) if a else sq))
+  # Several axis groups. Each is stacked on its own, so that under `shard_map` a
+  # replicated leaf's norm does not take the device-varying type of a split leaf's
+  # (`check_vma` would then reject its replicated update). All split groups share
+  # ONE psum over the union of their axes: a leaf's squared norms enter it only on
+  # the devices at index 0 of the union axes it is not split over (exact zeros
+  # elsewhere), so each of its shards is counted once.
+  union = tuple(dict.fromkeys(ax for a in groups for ax in a))
+  local, split, order_local, order_split = [], [], [], []
+  for a, idx in groups.items():
+    sq = jnp.stack([_sq_norms([leaves[i] for i in idx], dtype) for leaves in leaf_lists])
+    if not a:
+      local.append(sq)
+      order_local.extend(idx)
+      continue
+    first = [jax.lax.axis_index(ax) == 0 for ax in union if ax not in a]
+    if first:
+      sq = jnp.where(functools.reduce(jnp.logical_and, first), sq, jnp.zeros_like(sq))
+    split.append(sq)
+    order_split.extend(idx)
+  sq = jnp.concatenate([*local, jax.lax.psum(jnp.concatenate(split, axis=1), union)], axis=1)
+  inverse = [0] * n
+  for pos, i in enumerate(order_local + order_split):
+    inverse[i] = pos
+  return list(jnp.sqrt(sq[:, jnp.asarray(inverse)]))
 
 
 # Leaves below this many elements get their squared norms batched: stacked by shape
@@ -182,11 +200,22 @@ def layer_norms(
 _SMALL_LEAF = 4096
 
 
+def _type_sharded(x: jax.Array) -> bool:
+  """Whether `x`'s type carries a mesh sharding (explicit sharding mode).
+
+  Such leaves are not batched: `jnp.stack` needs equal shardings and a reshape of
+  a split axis is ambiguous.
+  """
+  typeof = getattr(jax, "typeof", None)
+  spec = getattr(getattr(typeof(x), "sharding", None), "spec", None) if typeof else None
+  return spec is not None and any(a is not None for a in spec)
+
+
 def _sq_norms(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
   """`[sq_norm(x) for x in leaves]` as a vector of `dtype`, small leaves batched."""
   groups: dict[tuple[Any, ...], list[int]] = {}
   for i, x in enumerate(leaves):
-    if x.size < _SMALL_LEAF:
+    if x.size < _SMALL_LEAF and not _type_sharded(x):
       groups.setdefault((x.shape, jnp.dtype(x.dtype)), []).append(i)
   groups = {k: v for k, v in groups.items() if len(v) > 1}
   if not groups:
