@@ -340,7 +340,8 @@ def add_decayed_weights(
 
   def init_fn(params):
     _checks.check_float_leaves(name, params)
-    masks_lib.resolve(mask, params, arg="mask")
+    if jax.tree.leaves(params):  # not optax.tree_map_params' leafless placeholder
+      masks_lib.resolve(mask, params, arg="mask")
     if is_schedule:
       return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32))
     return optax.EmptyState()
@@ -432,8 +433,9 @@ def scale_by_trust_ratio(
 
   def init_fn(params):
     _checks.check_float_leaves(name, params)
-    masks_lib.resolve(mask, params, arg="mask")
-    leaf_axes(axis_name, params)
+    if jax.tree.leaves(params):  # not optax.tree_map_params' leafless placeholder
+      masks_lib.resolve(mask, params, arg="mask")
+      leaf_axes(axis_name, params)
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None, **extra_args):
