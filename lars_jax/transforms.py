@@ -138,6 +138,13 @@ def leaf_axes(axis_name: AxisNames, tree: Any) -> list[tuple[Hashable, ...]]:
   return out
 
 
+def _safe_sqrt(sq: jax.Array) -> jax.Array:
+  """`sqrt(sq)` whose derivative at 0 is 0 instead of inf (so no NaN flows back
+  through a zero norm when differentiating through the update); same values."""
+  pos = sq > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+
+
 def layer_norms(
   leaf_lists: Sequence[Sequence[jax.Array]],
   axes: Sequence[tuple[Hashable, ...]],
@@ -165,7 +172,7 @@ def layer_norms(
   if len(groups) == 1:
     (a,) = groups
     sq = jnp.stack([_sq_norms(leaves, dtype) for leaves in leaf_lists])  # (K, N)
-    return list(jnp.sqrt(jax.lax.psum(sq, a) if a else sq))
+    return list(_safe_sqrt(jax.lax.psum(sq, a) if a else sq))
   # Several axis groups. Each is stacked on its own, so that under `shard_map` a
   # replicated leaf's norm does not take the device-varying type of a split leaf's
   # (`check_vma` would then reject its replicated update). All split groups share
@@ -189,7 +196,7 @@ def layer_norms(
   inverse = [0] * n
   for pos, i in enumerate(order_local + order_split):
     inverse[i] = pos
-  return list(jnp.sqrt(sq[:, jnp.asarray(inverse)]))
+  return list(_safe_sqrt(sq[:, jnp.asarray(inverse)]))
 
 
 # Leaves below this many elements get their squared norms batched: stacked by shape
