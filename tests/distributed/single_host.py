@@ -256,11 +256,13 @@ def _update_only(tx, specs, params, mesh):
 def check_one_all_reduce():
   rng = np.random.default_rng(1)
   counts = []
-  # (a) 16 layers split over one axis + 16 replicated biases; (b) a 2-D mesh where leaves
-  # are split over `model`, over `data`, over both, or replicated: still ONE all-reduce.
+  # (a) 16 leaves split over one axis or replicated; (b) a 2-D mesh where leaves are
+  # split over `model`, over `data`, over both (two dims or one), or replicated: still
+  # ONE all-reduce, and the same updates as one device.
+  both = P(("data", "model"))
   for mesh_shape, kinds in [
     ((8,), [P(None, "model"), P("model"), P()]),
-    ((2, 4), [P(None, "model"), P("data", None), P("data", "model"), P("model"), P()]),
+    ((2, 4), [P(None, "model"), P("data", None), P("data", "model"), P("model"), P(), both]),
   ]:
     names = ("model",) if len(mesh_shape) == 1 else ("data", "model")
     mesh = jax.make_mesh(mesh_shape, names, axis_types=(AxisType.Explicit,) * len(names))
@@ -269,12 +271,14 @@ def check_one_all_reduce():
       spec = kinds[i % len(kinds)]
       shape = (16,) if len(spec) == 1 else (8, 16)
       specs[f"l{i:02d}"], params[f"l{i:02d}"] = spec, rng.standard_normal(shape).astype("f4")
-    tx = lars_jax.lars(0.1, weight_decay=1e-3, trust_coefficient=0.01, axis_name=specs)
+    # eps > 0: with eps = 0 a norm over-counted on both sides would cancel in the ratio.
+    hyper = dict(weight_decay=1e-3, trust_coefficient=0.01, eps=0.5)
+    tx = lars_jax.lars(0.1, **hyper, axis_name=specs)
     compiled, updates, grads = _update_only(tx, specs, params, mesh)
     n = count_all_reduces(compiled)
     if n != 1:
       raise AssertionError(f"mesh {mesh_shape}: {n} all-reduces, want 1")
-    single = lars_jax.lars(0.1, weight_decay=1e-3, trust_coefficient=0.01)
+    single = lars_jax.lars(0.1, **hyper)
     want, _ = single.update(grads, single.init(params), params)
     C.assert_close(updates, want, f"updates on mesh {mesh_shape}")
     counts.append(n)
