@@ -13,7 +13,9 @@ Masks are built from structure, names, shapes and dtypes, never from values, so
 they stay static under ``jax.jit``. Paths are the pytree key paths joined with ``/``
 with no leading slash: Flax ``{'params': {'Dense_0': {'kernel': ...}}}`` gives
 ``params/Dense_0/kernel``; dataclass fields give their attribute name; list and tuple
-entries give their index (``layers/0/kernel``).
+entries give their index (``layers/0/kernel``). A Flax NNX ``Variable`` (``nnx.Param``)
+adds no component: ``nnx.state(model, nnx.Param)`` gives ``layers/0/kernel``, not
+``layers/0/kernel/value``.
 
 Example:
   >>> import jax.numpy as jnp
@@ -29,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -71,6 +74,20 @@ def path_str(path: Sequence[Any]) -> str:
   return "/".join(_key_str(k) for k in path)
 
 
+def _is_nnx_variable(x: Any) -> bool:
+  nnx = sys.modules.get("flax.nnx")  # if flax.nnx was never imported, x is not one
+  variable = getattr(nnx, "Variable", None)
+  return variable is not None and isinstance(x, variable)
+
+
+def _leaf_paths(tree: Any) -> list[str]:
+  """One path string per leaf of `tree` (an NNX Variable's ``value`` key is dropped)."""
+  out: list[str] = []
+  for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_nnx_variable)[0]:
+    out.extend([path_str(path)] * len(jax.tree.leaves(node)))
+  return out
+
+
 def tree_paths(tree: Any) -> Any:
   """Returns a pytree with the structure of `tree` whose leaves are path strings.
 
@@ -78,7 +95,7 @@ def tree_paths(tree: Any) -> Any:
     >>> tree_paths({'a': {'kernel': 1.0}, 'b': [2.0, 3.0]})
     {'a': {'kernel': 'a/kernel'}, 'b': ['b/0', 'b/1']}
   """
-  return jax.tree_util.tree_map_with_path(lambda p, _: path_str(p), tree)
+  return jax.tree.unflatten(jax.tree.structure(tree), _leaf_paths(tree))
 
 
 def _compile(patterns: Sequence[str], arg: str) -> list[re.Pattern[str]]:
@@ -103,8 +120,8 @@ def _name_mask(
   compiled = _compile(patterns, what)
 
   def mask_fn(params: Any) -> Any:
-    paths, treedef = jax.tree_util.tree_flatten_with_path(params)
-    names = [path_str(p) for p, _ in paths]
+    treedef = jax.tree.structure(params)
+    names = _leaf_paths(params)
     hits = [[bool(getattr(r, match)(n)) for r in compiled] for n in names]
     for j, r in enumerate(compiled):
       if names and not any(h[j] for h in hits):
