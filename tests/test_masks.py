@@ -1,0 +1,334 @@
+"""lars_jax.masks: paths on every tree users hand us, builders, resolve, errors."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lars_jax
+from lars_jax import masks
+
+flax = pytest.importorskip("flax")
+from flax import nnx, struct  # noqa: E402
+from flax.core import FrozenDict  # noqa: E402
+
+
+def _cnn():
+  return {
+    "conv": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.zeros(4)},
+    "bn": {"scale": jnp.ones(4), "bias": jnp.zeros(4)},
+    "head": {"kernel": jnp.ones((4, 2))},
+  }
+
+
+def _leaf_paths(tree):
+  return jax.tree.leaves(masks.tree_paths(tree))
+
+
+# ----------------------------------------------------------------------------
+# Paths
+
+
+def test_paths_nested_dict():
+  assert masks.tree_paths(_cnn()) == {
+    "bn": {"bias": "bn/bias", "scale": "bn/scale"},
+    "conv": {"bias": "conv/bias", "kernel": "conv/kernel"},
+    "head": {"kernel": "head/kernel"},
+  }
+
+
+def test_paths_frozen_dict():
+  tree = FrozenDict({"params": {"Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}}})
+  assert _leaf_paths(tree) == ["params/Dense_0/bias", "params/Dense_0/kernel"]
+  assert masks.exclude_names("bias")(tree) == FrozenDict(
+    {"params": {"Dense_0": {"bias": False, "kernel": True}}}
+  )
+
+
+class _Block(nnx.Module):
+  def __init__(self, rngs):
+    self.layers = nnx.List([nnx.Linear(2, 3, rngs=rngs), nnx.Linear(3, 2, rngs=rngs)])
+    self.norm = nnx.LayerNorm(2, rngs=rngs)
+
+
+def test_paths_nnx_state():
+  state = nnx.state(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param)
+  assert _leaf_paths(state) == ["bias", "kernel"]  # no '/value' from the Param wrapper
+  state = nnx.state(_Block(nnx.Rngs(0)), nnx.Param)
+  assert _leaf_paths(state) == [
+    "layers/0/bias",
+    "layers/0/kernel",
+    "layers/1/bias",
+    "layers/1/kernel",
+    "norm/bias",
+    "norm/scale",
+  ]
+  # Anchored patterns see the names users see.
+  bits = masks.resolve(masks.exclude_names(r"bias$", r"^norm/"), state)
+  assert bits == [False, True, False, True, False, False]
+  bits = masks.resolve(masks.only_names(r"layers/\d+/kernel", match="fullmatch"), state)
+  assert bits == [False, True, False, True, False, False]
+
+
+def test_lars_on_nnx_state_with_name_mask():
+  model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = lars_jax.add_decayed_weights(0.5, mask=masks.exclude_names("bias"))
+  u, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_array_equal(u["bias"][...], grads["bias"][...])
+  np.testing.assert_allclose(u["kernel"][...], 1.0 + 0.5 * params["kernel"][...], rtol=1e-6)
+  tx = lars_jax.lars(0.1, weight_decay=1e-4, weight_decay_mask=masks.min_ndim(2))
+  u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  nnx.update(model, optax.apply_updates(params, u))  # the result is still a State
+
+
+def test_paths_lists_and_tuples():
+  tree = {"layers": [jnp.ones(1), (jnp.ones(2), jnp.ones((2, 2)))], "out": (jnp.ones(3),)}
+  assert _leaf_paths(tree) == ["layers/0", "layers/1/0", "layers/1/1", "out/0"]
+  assert masks.min_ndim(2)(tree) == {"layers": [False, (False, True)], "out": (False,)}
+
+
+@struct.dataclass
+class _FlaxParams:
+  kernel: jax.Array
+  bias: jax.Array
+
+
+@dataclasses.dataclass
+class _JaxParams:
+  embedding: jax.Array
+  scale: jax.Array
+
+
+jax.tree_util.register_dataclass(_JaxParams, data_fields=["embedding", "scale"], meta_fields=[])
+
+
+def test_paths_dataclasses():
+  flax_tree = {"dense": _FlaxParams(kernel=jnp.ones((2, 2)), bias=jnp.zeros(2))}
+  assert _leaf_paths(flax_tree) == ["dense/kernel", "dense/bias"]
+  assert masks.exclude_names("bias")(flax_tree) == {"dense": _FlaxParams(kernel=True, bias=False)}
+  jax_tree = [_JaxParams(embedding=jnp.ones((5, 2)), scale=jnp.ones(2))]
+  assert _leaf_paths(jax_tree) == ["0/embedding", "0/scale"]
+  assert masks.resolve(masks.only_names("embedding"), jax_tree) == [True, False]
+  # End to end through lars (optax.masked inside optax.lars would need the same).
+  tx = lars_jax.lars(0.1, weight_decay=0.1, weight_decay_mask=masks.only_names("embedding"))
+  grads = jax.tree.map(jnp.ones_like, jax_tree)
+  u, _ = tx.update(grads, tx.init(jax_tree), jax_tree)
+  assert isinstance(u[0], _JaxParams)
+
+
+# ----------------------------------------------------------------------------
+# Builders
+
+
+def test_exclude_names_search():
+  m = masks.exclude_names("bias")(_cnn())
+  assert m == {
+    "bn": {"bias": False, "scale": True},
+    "conv": {"bias": False, "kernel": True},
+    "head": {"kernel": True},
+  }
+  m = masks.exclude_names("bias", "bn/")(_cnn())
+  assert m["bn"] == {"bias": False, "scale": False} and m["conv"]["kernel"] is True
+
+
+def test_only_names_search_and_fullmatch():
+  assert masks.resolve(masks.only_names("conv"), _cnn()) == [False, False, True, True, False]
+  assert masks.resolve(masks.only_names(r".*/kernel", match="fullmatch"), _cnn()) == [
+    False,
+    False,
+    False,
+    True,
+    True,
+  ]
+  # 'kernel' appears in paths, but no path *is* 'kernel'.
+  with pytest.raises(ValueError, match="'kernel' matches no parameter"):
+    masks.only_names("kernel", match="fullmatch")(_cnn())
+  assert masks.resolve(masks.exclude_names("kernel", match="search"), _cnn()) == [
+    True,
+    True,
+    True,
+    False,
+    False,
+  ]
+
+
+def test_unmatched_pattern_names_pattern_and_lists_paths():
+  with pytest.raises(ValueError, match=r"pattern 'batchnorm' matches no parameter") as e:
+    masks.exclude_names("bias", "batchnorm")(_cnn())
+  assert "'conv/kernel'" in str(e.value) and "'bn/scale'" in str(e.value)
+  many = {f"layer{i}": jnp.ones(2) for i in range(10)}
+  with pytest.raises(ValueError, match=r"\(and 4 more\)"):
+    masks.only_names("nothing")(many)
+
+
+def test_invalid_patterns():
+  with pytest.raises(ValueError, match=r"exclude_names.*'\(bias' is not a valid regular"):
+    masks.exclude_names("(bias")
+  with pytest.raises(TypeError, match="patterns must be strings"):
+    masks.only_names(3)
+  with pytest.raises(ValueError, match="`match`"):
+    masks.exclude_names("bias", match="exact")
+
+
+def test_min_ndim():
+  tree = {"s": jnp.array(1.0), "v": jnp.ones(3), "m": jnp.ones((2, 2)), "t": jnp.ones((1, 1, 1))}
+  assert masks.resolve(masks.min_ndim(0), tree) == [True] * 4
+  assert masks.min_ndim(1)(tree) == {"m": True, "s": False, "t": True, "v": True}
+  assert masks.min_ndim(2)(tree) == {"m": True, "s": False, "t": True, "v": False}
+  assert masks.min_ndim(3)(tree) == {"m": False, "s": False, "t": True, "v": False}
+  # Works on abstract params too (init on ShapeDtypeStruct).
+  abstract = jax.eval_shape(lambda: tree)
+  assert masks.min_ndim(2)(abstract) == masks.min_ndim(2)(tree)
+  for bad in [-1, 1.5, True]:
+    with pytest.raises(ValueError, match="`n`"):
+      masks.min_ndim(bad)
+
+
+def test_all_of_any_of():
+  name, rank = masks.exclude_names("bn/"), masks.min_ndim(2)
+  assert masks.resolve(masks.all_of(name, rank), _cnn()) == [False, False, False, True, True]
+  assert masks.resolve(masks.any_of(masks.only_names("bn/scale"), rank), _cnn()) == [
+    False,
+    True,
+    False,
+    True,
+    True,
+  ]
+  # Mixed forms: a prefix tree, a bool, a callable.
+  prefix = {"bn": False, "conv": True, "head": True}
+  assert masks.resolve(masks.all_of(prefix, True, rank), _cnn()) == [
+    False,
+    False,
+    False,
+    True,
+    True,
+  ]
+  assert masks.resolve(masks.any_of(False, prefix), _cnn()) == [False, False, True, True, True]
+  with pytest.raises(ValueError, match="at least one mask"):
+    masks.all_of()
+
+
+# ----------------------------------------------------------------------------
+# resolve
+
+
+def test_resolve_forms():
+  tree = _cnn()
+  assert masks.resolve(None, tree) == [True] * 5
+  assert masks.resolve(True, tree) == [True] * 5
+  assert masks.resolve(False, tree) == [False] * 5
+  assert masks.resolve(np.bool_(False), tree) == [False] * 5
+  assert masks.resolve(
+    {"bn": False, "conv": {"bias": False, "kernel": True}, "head": True}, tree
+  ) == [
+    False,
+    False,
+    False,
+    True,
+    True,
+  ]
+  assert masks.resolve(lambda p: {"bn": True, "conv": False, "head": False}, tree) == [
+    True,
+    True,
+    False,
+    False,
+    False,
+  ]
+  assert masks.resolve(masks.exclude_names("bias"), {}) == []
+
+
+@pytest.mark.parametrize(
+  "mask",
+  [
+    {"bn": True, "conv": True},  # a key missing
+    {"bn": True, "conv": True, "head": True, "extra": True},  # a key too many
+    [True, True, True],  # a list for a dict
+    {"bn": {"scale": True}, "conv": True, "head": True},  # a subtree missing a key
+  ],
+)
+def test_resolve_structure_mismatch(mask):
+  with pytest.raises(ValueError, match=r"`mask` does not match the parameter tree"):
+    masks.resolve(mask, _cnn())
+  tx = lars_jax.add_decayed_weights(0.1, mask=mask)
+  with pytest.raises(ValueError, match="`mask`"):
+    tx.init(_cnn())
+  with pytest.raises(ValueError, match="`mask`"):
+    lars_jax.scale_by_trust_ratio(mask=lambda p: mask).init(_cnn())
+
+
+@pytest.mark.parametrize("leaf", [1, 1.0, "yes", jnp.array(True), np.array([True])])
+def test_resolve_non_bool_leaves(leaf):
+  with pytest.raises(TypeError, match="`mask` must hold Python bools"):
+    masks.resolve({"bn": leaf, "conv": True, "head": True}, _cnn())
+
+
+def test_value_dependent_mask_under_jit():
+  value_mask = lambda p: jax.tree.map(lambda x: jnp.sum(x) > 0, p)  # noqa: E731
+  tx = lars_jax.add_decayed_weights(0.1, mask=value_mask)
+  params = _cnn()
+  with pytest.raises(TypeError, match="not from values"):
+    jax.jit(tx.update)(params, tx.init(params), params)
+
+
+def test_builders_work_in_optax_masked():
+  params = _cnn()
+  ours = optax.masked(optax.add_decayed_weights(0.1), masks.exclude_names("bias"))
+  u, _ = ours.update(params, ours.init(params), params)
+  np.testing.assert_array_equal(u["conv"]["bias"], params["conv"]["bias"])
+  np.testing.assert_allclose(u["conv"]["kernel"], 1.1 * params["conv"]["kernel"], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Callable masks inside optax wrappers
+
+
+def _grads(params, i):
+  return jax.tree.map(lambda x: jnp.sin(x + 0.3 * i + jnp.arange(x.size).reshape(x.shape)), params)
+
+
+def test_callable_masks_in_inject_hyperparams():
+  params = _cnn()
+  mask_wd, mask_tr = masks.exclude_names("bias", "bn/"), masks.min_ndim(2)
+  kwargs = dict(learning_rate=0.5, weight_decay=1e-2, trust_coefficient=0.01, momentum=0.9)
+  plain = lars_jax.lars(**kwargs, weight_decay_mask=mask_wd, trust_ratio_mask=mask_tr)
+  injected = optax.inject_hyperparams(
+    lars_jax.lars, static_args=("weight_decay_mask", "trust_ratio_mask")
+  )(**kwargs, weight_decay_mask=mask_wd, trust_ratio_mask=mask_tr)
+  assert set(injected.init(params).hyperparams) == {
+    "learning_rate",
+    "weight_decay",
+    "trust_coefficient",
+    "eps",
+    "momentum",
+  }
+  p1 = p2 = params
+  s1, s2 = plain.init(params), injected.init(params)
+  step1, step2 = jax.jit(plain.update), jax.jit(injected.update)
+  for i in range(3):
+    u1, s1 = step1(_grads(p1, i), s1, p1)
+    u2, s2 = step2(_grads(p2, i), s2, p2)
+    jax.tree.map(np.testing.assert_array_equal, u1, u2)
+    if i == 0:  # the masks took effect: bn/scale (1-D, 'bn/') got a plain SGD step
+      np.testing.assert_allclose(u2["bn"]["scale"], -0.5 * _grads(p2, 0)["bn"]["scale"], rtol=1e-6)
+    p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+
+
+def test_callable_masks_in_multisteps():
+  params = _cnn()
+  mask = masks.all_of(masks.exclude_names("bias"), masks.min_ndim(2))
+  inner = lars_jax.lars(0.5, weight_decay=1e-2, weight_decay_mask=mask, trust_ratio_mask=mask)
+  tx = optax.MultiSteps(inner, every_k_schedule=2)
+  state = tx.init(params)
+  grads = [_grads(params, i) for i in range(2)]
+  u0, state = jax.jit(tx.update)(grads[0], state, params)
+  u1, state = jax.jit(tx.update)(grads[1], state, params)
+  for leaf in jax.tree.leaves(u0):
+    np.testing.assert_array_equal(leaf, jnp.zeros_like(leaf))
+  mean = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+  expected, _ = inner.update(mean, inner.init(params), params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), u1, expected)
