@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lars_jax
 from lars_jax import masks
@@ -310,6 +312,59 @@ def test_low_precision_lars_eps_never_nan(dtype):
     w = optax.apply_updates(w, u)
   # Each step moves the small and big leaves by about lr * eta * |w| per leaf.
   assert float(jnp.abs(w["small"][0] - 1e-4)) > 0
+
+
+_DTYPES = [jnp.bfloat16, jnp.float16, jnp.float32, jnp.complex64]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+  dtype=st.sampled_from(_DTYPES),
+  leaves=st.lists(
+    st.tuples(
+      st.sampled_from([(), (1,), (4,), (3, 5), (2, 1, 3)]),
+      st.integers(-3, 2) | st.none(),  # log10 scale of the param; None: all zeros
+      st.integers(-3, 2) | st.none(),  # log10 scale of the gradient
+    ),
+    min_size=1,
+    max_size=4,
+  ),
+  eta=st.sampled_from([0.001, 0.1, 1.0, 10.0]),
+  eps=st.sampled_from([0.0, 1e-8, 1e-3]),
+  seed=st.integers(0, 2**16),
+)
+def test_trust_ratio_property(dtype, leaves, eta, eps, seed):
+  """Any dtype, shapes and scales: the update is r * g with r from exact norms of the
+  (rounded) inputs, rounded once to the grad's dtype; never NaN; fallback r = 1."""
+  rng = np.random.default_rng(seed)
+
+  def sample(shape, scale):
+    if scale is None:
+      return np.zeros(shape)
+    x = rng.normal(size=shape) * 10.0**scale
+    if dtype == jnp.complex64:
+      x = x + 1j * rng.normal(size=shape) * 10.0**scale
+    return x
+
+  params = [jnp.asarray(sample(shape, sw), dtype) for shape, sw, _ in leaves]
+  grads = [jnp.asarray(sample(shape, sg), dtype) for shape, _, sg in leaves]
+  tx = lars_jax.scale_by_trust_ratio(eta, eps=eps)
+  updates = _update(tx, grads, params)
+  info = jnp.finfo(dtype)
+  # One rounding to `dtype` (half an ulp, 2^-mant), float32 norms (~1e-6), and the
+  # half-spacing of subnormals for outputs that land there.
+  rtol = max(2.0**-info.nmant, 4e-6)
+  for u, p, g in zip(updates, params, grads):
+    assert u.dtype == dtype
+    assert np.all(np.isfinite(np.asarray(u)))
+    p64 = np.asarray(p).astype(np.complex128 if dtype == jnp.complex64 else np.float64)
+    g64 = np.asarray(g).astype(p64.dtype)
+    pn, gn = np.linalg.norm(p64.ravel()), np.linalg.norm(g64.ravel())
+    r = eta * pn / (gn + eps) if pn > 0 and gn > 0 else 1.0
+    expected = r * g64
+    np.testing.assert_allclose(
+      np.asarray(u).astype(p64.dtype), expected, rtol=rtol, atol=float(info.smallest_subnormal)
+    )
 
 
 # ----------------------------------------------------------------------------
