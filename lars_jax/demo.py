@@ -213,51 +213,64 @@ def make_optimizer(
   raise ValueError(f"`optimizer` must be 'lars' or 'sgd', got {recipe.optimizer!r}.")
 
 
-def trust_ratio_diagnostics(recipe: Recipe) -> Callable[[Any, Any], dict[str, jax.Array]]:
-  """``(params, grads) -> {'trust_ratio/<path>': r}`` for the adapted layers of `recipe`.
+def layer_stats(
+  params: Any, grads: Any, recipe: Recipe, updates: Any | None = None
+) -> dict[str, jax.Array]:
+  r"""Per-layer LARS statistics of one step, as a flat ``{'<stat>/<path>': scalar}`` dict.
 
-  Uses `lars_jax.layer_diagnostics` with the optimizer's own settings, so the logged
-  ratios are the ones the LARS update applies.
+  For every leaf that `recipe` decays and adapts (`EXCLUDE`), with :math:`u = g +
+  \lambda w`: ``param_norm`` :math:`\|w\|`, ``grad_norm`` :math:`\|g\|`,
+  ``decayed_grad_norm`` :math:`\|u\|` and ``trust_ratio`` :math:`\eta\|w\|/\|u\|`
+  (1 where a norm is 0), the ratio the LARS update applies; with `updates` (what the
+  optimizer returned) also ``update_norm`` and ``update_ratio`` :math:`\|\Delta w\| /
+  \|w\|`. All norms come from one `lars_jax.transforms.layer_norms` call, so it is
+  cheap inside a jitted train step and does not touch the update.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> params = {'Dense_0': {'kernel': jnp.array([[3.0, 4.0]]), 'bias': jnp.zeros(2)},
+    ...           'BatchNorm_0': {'scale': jnp.ones(2)}}  # bias and BatchNorm: excluded
+    >>> grads = {'Dense_0': {'kernel': jnp.array([[0.6, 0.8]]), 'bias': jnp.ones(2)},
+    ...          'BatchNorm_0': {'scale': jnp.ones(2)}}
+    >>> stats = layer_stats(params, grads, Recipe('lars', 1.0, weight_decay=0.0))
+    >>> for k, v in stats.items():
+    ...   print(k, round(float(v), 4))
+    param_norm/Dense_0/kernel 5.0
+    grad_norm/Dense_0/kernel 1.0
+    decayed_grad_norm/Dense_0/kernel 1.0
+    trust_ratio/Dense_0/kernel 0.005
   """
-  try:
-    from lars_jax.diagnostics import layer_diagnostics
-  except ImportError:  # TEMPORARY until lars_jax.diagnostics lands
-    layer_diagnostics = _fallback_diagnostics
-
-  def diag_fn(params, grads):
-    stats = layer_diagnostics(
-      params,
-      grads,
-      weight_decay=recipe.weight_decay,
-      weight_decay_mask=EXCLUDE,
-      trust_coefficient=recipe.trust_coefficient,
-      trust_ratio_mask=EXCLUDE,
-    )
-    adapted = set(_adapted_paths(params))
-    prefix = "trust_ratio/"
-    return {k: v for k, v in stats.items() if k.startswith(prefix) and k[len(prefix) :] in adapted}
-
-  return diag_fn
-
-
-def _fallback_diagnostics(
-  params, grads, *, weight_decay, weight_decay_mask, trust_coefficient, trust_ratio_mask
-):
   from lars_jax.transforms import layer_norms
 
   paths = jax.tree.leaves(lars_jax.masks.tree_paths(params))
-  p = jax.tree.leaves(params)
-  g = jax.tree.leaves(grads)
-  wd = lars_jax.masks.resolve(weight_decay_mask, params)
-  u = [gi + weight_decay * pi if d else gi for gi, pi, d in zip(g, p, wd)]
-  pn, un = layer_norms([p, u], [()] * len(p))
-  r = lars_jax.trust_ratio(pn, un, trust_coefficient)
-  return {f"trust_ratio/{n}": r[i] for i, n in enumerate(paths)}
+  keep = [i for i, b in enumerate(lars_jax.masks.resolve(EXCLUDE, params)) if b]
+
+  def pick(tree: Any) -> list[jax.Array]:
+    leaves = jax.tree.leaves(tree)
+    return [leaves[i] for i in keep]
+
+  w, g = pick(params), pick(grads)
+  u = [gi + recipe.weight_decay * wi for gi, wi in zip(g, w)]
+  lists = [w, g, u] + ([pick(updates)] if updates is not None else [])
+  norms = layer_norms(lists, [()] * len(keep))
+  stats = {"param_norm": norms[0], "grad_norm": norms[1], "decayed_grad_norm": norms[2]}
+  stats["trust_ratio"] = lars_jax.trust_ratio(norms[0], norms[2], recipe.trust_coefficient)
+  if updates is not None:
+    stats["update_norm"] = norms[3]
+    stats["update_ratio"] = jnp.where(
+      norms[0] > 0, norms[3] / jnp.where(norms[0] > 0, norms[0], 1), 0
+    )
+  return {f"{k}/{paths[i]}": v[j] for k, v in stats.items() for j, i in enumerate(keep)}
 
 
-def _adapted_paths(params: Any) -> list[str]:
-  paths = jax.tree.leaves(lars_jax.masks.tree_paths(params))
-  return [p for p, b in zip(paths, lars_jax.masks.resolve(EXCLUDE, params)) if b]
+def trust_ratio_diagnostics(recipe: Recipe) -> Callable[[Any, Any], dict[str, jax.Array]]:
+  """``(params, grads) -> {'trust_ratio/<path>': r}`` for the adapted layers (`layer_stats`)."""
+
+  def diag_fn(params, grads):
+    stats = layer_stats(params, grads, recipe)
+    return {k: v for k, v in stats.items() if k.startswith("trust_ratio/")}
+
+  return diag_fn
 
 
 # ----------------------------------------------------------------------------

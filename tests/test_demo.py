@@ -98,6 +98,36 @@ def test_logged_first_step_ratios_match_a_direct_computation(quick_run):
     np.testing.assert_allclose(run.trust_ratios[path][0], eta / wd, rtol=1e-5, err_msg=path)
 
 
+def test_layer_stats_hand_values_and_guards():
+  import jax.numpy as jnp
+
+  params = {
+    "Conv_0": {"kernel": jnp.array([3.0, 4.0])},  # |w| = 5
+    "Zero_0": {"kernel": jnp.zeros(3)},  # zero norm: ratio falls back to 1
+    "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.zeros(2)},  # excluded by name
+  }
+  grads = {
+    "Conv_0": {"kernel": jnp.array([0.0, 1.0])},
+    "Zero_0": {"kernel": jnp.ones(3)},
+    "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
+  }
+  updates = {
+    "Conv_0": {"kernel": jnp.array([-0.3, -0.4])},
+    "Zero_0": {"kernel": jnp.ones(3)},
+    "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
+  }
+  recipe = demo.Recipe("lars", 1.0, weight_decay=0.1, trust_coefficient=0.01)
+  stats = {k: float(v) for k, v in demo.layer_stats(params, grads, recipe, updates).items()}
+  u = np.array([0.3, 1.4])  # g + 0.1 w
+  np.testing.assert_allclose(stats["decayed_grad_norm/Conv_0/kernel"], np.linalg.norm(u), 1e-6)
+  np.testing.assert_allclose(stats["trust_ratio/Conv_0/kernel"], 0.05 / np.linalg.norm(u), 1e-6)
+  np.testing.assert_allclose(stats["update_ratio/Conv_0/kernel"], 0.1, 1e-6)
+  assert stats["trust_ratio/Zero_0/kernel"] == 1.0
+  assert stats["update_ratio/Zero_0/kernel"] == 0.0
+  assert not any("BatchNorm" in k for k in stats)
+  assert len(stats) == 6 * 2
+
+
 def test_schedule_warms_up_then_decays_to_zero():
   s = demo.warmup_poly_schedule(2.0, total_steps=20, warmup_steps=4)
   vals = np.array([float(s(c)) for c in range(21)])
