@@ -197,7 +197,8 @@ def check_shard_map():
 
 def _preset_variants(presets):
   """(label, factory(**extra) -> tx): each preset with options that need cross-device
-  sums too (per-tensor and global clipping norms), on the Megatron MLP's names."""
+  sums too, on the Megatron MLP's names. Step-1 gradient norms are 0.13-0.45 (global
+  0.76): clipnorm=0.2 clips the kernels but not two biases, global_clipnorm=0.5 clips."""
   sgd = lambda: optax.sgd(0.1, momentum=0.9)  # noqa: E731
   return [
     (
@@ -208,7 +209,7 @@ def _preset_variants(presets):
         weight_decay_rate=1e-2,
         eeta=0.02,
         exclude_from_weight_decay=["bias"],
-        clipnorm=0.5,
+        clipnorm=0.2,
         **kw,
       ),
     ),
@@ -221,7 +222,7 @@ def _preset_variants(presets):
         eeta=0.02,
         classic_momentum=False,
         nesterov=True,
-        global_clipnorm=1.0,
+        global_clipnorm=0.5,
         **kw,
       ),
     ),
