@@ -3,6 +3,17 @@
 from lars_jax import masks
 from lars_jax.diagnostics import diagnostics_to_floats, layer_diagnostics
 from lars_jax.lars import lars
+from lars_jax.presets import (
+  ScaleByLarcState,
+  TorchTraceState,
+  keras_clip,
+  larc,
+  scale_by_larc,
+  scale_by_sum_norms_trust_ratio,
+  tf_lars,
+  torch_lars,
+  torch_trace,
+)
 from lars_jax.transforms import (
   AddDecayedWeightsState,
   ScaleByLearningRateState,
@@ -18,15 +29,24 @@ __version__ = "0.1.0"
 
 __all__ = [
   "AddDecayedWeightsState",
+  "ScaleByLarcState",
   "ScaleByLearningRateState",
+  "TorchTraceState",
   "TraceState",
   "add_decayed_weights",
   "diagnostics_to_floats",
+  "keras_clip",
+  "larc",
   "lars",
   "layer_diagnostics",
   "masks",
+  "scale_by_larc",
   "scale_by_learning_rate",
+  "scale_by_sum_norms_trust_ratio",
   "scale_by_trust_ratio",
+  "tf_lars",
+  "torch_lars",
+  "torch_trace",
   "trace",
   "trust_ratio",
 ]
