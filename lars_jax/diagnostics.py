@@ -82,7 +82,9 @@ def layer_diagnostics(
   Keys are ``'<stat>/<path>'`` with the ``/``-joined parameter path of
   `lars_jax.masks` (``'trust_ratio/params/Conv_0/kernel'`` for Flax Linen,
   ``'trust_ratio/conv/kernel'`` for an NNX state); a bare array has path ``''`` and
-  keys ``'<stat>'``. Keys are ordered by statistic, then by leaf.
+  keys ``'<stat>'``. Keys are sorted (``jit`` returns dicts sorted), so statistics
+  come grouped: ``decayed_grad_norm/...``, ``grad_norm/...``, ``param_norm/...``,
+  ``trust_ratio/...``, ``update_norm/...``, ``update_ratio/...``.
 
   Args:
     params: the parameters before the step.
@@ -112,12 +114,12 @@ def layer_diagnostics(
     ...     trust_ratio_mask=skip_bias)  # kernel: u = g + 0.1 w = [0.9, 1.2], |u| = 1.5
     >>> for k, v in lars_jax.diagnostics_to_floats(d).items():
     ...   print(f'{k:30s} {v:.4g}')
-    param_norm/dense/bias          0
-    param_norm/dense/kernel        5
-    grad_norm/dense/bias           1.414
-    grad_norm/dense/kernel         1
     decayed_grad_norm/dense/bias   1.414
     decayed_grad_norm/dense/kernel 1.5
+    grad_norm/dense/bias           1.414
+    grad_norm/dense/kernel         1
+    param_norm/dense/bias          0
+    param_norm/dense/kernel        5
     trust_ratio/dense/bias         1
     trust_ratio/dense/kernel       0.003333
   """
@@ -187,7 +189,13 @@ def layer_diagnostics(
     stats["update_ratio"] = [
       _relative(un, pn) for un, pn in zip(stats["update_norm"], stats["param_norm"])
     ]
-  return {_key(s, paths[i]): v for s, values in stats.items() for i, v in enumerate(values)}
+  # Sorted by key, as `jit` returns a dict whatever its insertion order.
+  return dict(
+    sorted(
+      ((_key(s, paths[i]), v) for s, vals in stats.items() for i, v in enumerate(vals)),
+      key=lambda kv: kv[0],
+    )
+  )
 
 
 def diagnostics_to_floats(diagnostics: dict[str, Any]) -> dict[str, float]:
