@@ -16,6 +16,7 @@ function of ``(params, grads)``. See ``docs/flax.md``.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import jax
@@ -87,8 +88,10 @@ def layer_diagnostics(
   ``trust_ratio/...``, ``update_norm/...``, ``update_ratio/...``.
 
   Args:
-    params: the parameters before the step.
-    grads: the gradients, with the structure of `params`.
+    params: the parameters before the step (for Flax NNX, ``nnx.state(model,
+      nnx.Param)``, with or without ``nnx.as_pure``).
+    grads: the gradients, with the structure of `params` (NNX: what ``nnx.grad``
+      returns).
     weight_decay: :math:`\lambda \ge 0`, a scalar. For a weight-decay schedule pass
       its current value, ``schedule(step)``.
     weight_decay_mask: which leaves are decayed (any form `lars_jax.masks` accepts).
@@ -135,6 +138,7 @@ def layer_diagnostics(
     if callable(value):
       raise TypeError(f"{_NAME}: `{arg}` must be a scalar, got {value!r}.")
 
+  params, grads, updates = (_without_nnx_variables(t) for t in (params, grads, updates))
   p_leaves, treedef = jax.tree.flatten(params)
   g_leaves = flatten_like(grads, treedef, "grads", _NAME)
   upd_leaves = None if updates is None else flatten_like(updates, treedef, "updates", _NAME)
@@ -227,6 +231,19 @@ def _relative(num: jax.Array, den: jax.Array) -> jax.Array:
   """num / den; inf where den = 0 < num and 0 where both are 0 (never NaN)."""
   ok = den > 0
   return jnp.where(ok, num / jnp.where(ok, den, 1), jnp.where(num > 0, math.inf, 0.0))
+
+
+def _without_nnx_variables(tree: Any) -> Any:
+  """`tree` with Flax NNX Variables (``nnx.Param``) replaced by their values, so that
+  ``nnx.state(model, nnx.Param)``, its ``nnx.as_pure`` form and ``nnx.grad`` output
+  (all the same paths) can be mixed."""
+  nnx = sys.modules.get("flax.nnx")  # if flax.nnx was never imported, there are none
+  if nnx is None or tree is None:
+    return tree
+  is_var = lambda x: isinstance(x, nnx.Variable)
+  if not any(is_var(x) for x in jax.tree.leaves(tree, is_leaf=is_var)):
+    return tree
+  return nnx.as_pure(tree)
 
 
 def _key(stat: str, path: str) -> str:

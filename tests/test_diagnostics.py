@@ -291,11 +291,14 @@ def test_nnx_state_paths():
   from flax import nnx
 
   model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.LayerNorm(4, rngs=nnx.Rngs(0)))
-  params = nnx.state(model, nnx.Param)
-  grads = jax.tree.map(jnp.ones_like, params)
+  params = nnx.state(model, nnx.Param)  # Variables inside
+  grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((2, 3)))))(model)  # a State of Params too
+  grads = jax.tree.map(jnp.ones_like, grads)
+  updates = jax.tree.map(lambda g: -0.5 * g, nnx.as_pure(grads))  # pure arrays
   d = lars_jax.layer_diagnostics(
     params,
     grads,
+    updates=updates,
     weight_decay_mask=masks.exclude_names("bias", "layers/1/"),
     trust_ratio_mask=masks.exclude_names("bias", "layers/1/"),
   )
@@ -310,6 +313,9 @@ def test_nnx_state_paths():
   np.testing.assert_allclose(
     float(d["trust_ratio/layers/0/kernel"]), 0.001 * _np_norm(kernel) / np.sqrt(12), rtol=1e-6
   )
+  np.testing.assert_allclose(float(d["update_norm/layers/0/kernel"]), 0.5 * np.sqrt(12))
+  pure = lars_jax.layer_diagnostics(nnx.as_pure(params), nnx.as_pure(grads), updates=updates)
+  assert set(pure) == set(d)
 
 
 def test_bad_input():
