@@ -1,0 +1,251 @@
+"""lars_jax in Flax train steps: Linen TrainState with BatchNorm, NNX Optimizer.
+
+Each test trains a small CNN (conv -> batch norm -> relu -> dense) on a fixed
+synthetic 10-class problem, with the bias and batch-norm parameters excluded from weight
+decay and trust-ratio adaptation by name. Every step is checked against a float64 NumPy
+reference written from the LARS equations (given the step's float32 params and grads):
+
+    u = g + wd * w                  (decayed leaves; u = g for excluded ones)
+    r = eta * |w| / |u|             (adapted leaves; r = 1 for excluded ones)
+    v = mu * v + lr(t) * r * u,     w <- w - v
+
+so excluded leaves must take plain momentum-SGD steps at the global learning rate, which
+is asserted separately (and shown to differ from what LARS would do to them). Tolerance:
+rtol 1e-5, atol 1e-7 on the new params (float32 arithmetic against float64).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lars_jax
+from lars_jax import masks
+
+flax = pytest.importorskip("flax")
+from flax import linen as nn  # noqa: E402
+from flax import nnx  # noqa: E402
+from flax.training import train_state  # noqa: E402
+
+# Excludes biases and batch-norm params on Linen paths ('BatchNorm_0/scale') and on NNX
+# paths ('batch_norm/scale') alike.
+EXCLUDE = masks.exclude_names("bias", "(?i)batch_?norm")
+LR = optax.linear_schedule(0.5, 2.0, transition_steps=5)  # warmup
+WD, ETA, MU = 1e-3, 0.02, 0.9
+STEPS = 12
+RTOL, ATOL = 1e-5, 1e-7
+
+
+def _data(n=64, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, 8, 8, 1)).astype(np.float32)
+  teacher = rng.normal(size=(64, 10))
+  y = np.argmax(x.reshape(n, -1) @ teacher, axis=1)
+  return jnp.asarray(x), jnp.asarray(y)
+
+
+def _tx():
+  return lars_jax.lars(
+    LR,
+    weight_decay=WD,
+    weight_decay_mask=EXCLUDE,
+    trust_coefficient=ETA,
+    trust_ratio_mask=EXCLUDE,
+    momentum=MU,
+  )
+
+
+class Reference:
+  """Float64 LARS by the equations in the module docstring, one leaf list at a time."""
+
+  def __init__(self, params):
+    self.paths = jax.tree.leaves(masks.tree_paths(params))
+    self.included = masks.resolve(EXCLUDE, params)
+    self.v = [np.zeros(np.shape(p)) for p in jax.tree.leaves(params)]
+    self.t = 0
+
+  def step(self, params, grads):
+    """New params; also returns the plain momentum-SGD step for every leaf."""
+    lr = float(LR(self.t))
+    self.t += 1
+    new, sgd = [], []
+    for i, (w, g) in enumerate(zip(jax.tree.leaves(params), jax.tree.leaves(grads))):
+      w, g = np.asarray(w, np.float64), np.asarray(g, np.float64)
+      v_plain = MU * self.v[i] + lr * g
+      if self.included[i]:
+        u = g + WD * w
+        r = ETA * np.linalg.norm(w) / np.linalg.norm(u)
+        self.v[i] = MU * self.v[i] + lr * r * u
+      else:
+        self.v[i] = v_plain
+      new.append(w - self.v[i])
+      sgd.append(w - v_plain)
+    return new, sgd
+
+
+def _check_step(ref, before, grads, after):
+  want, sgd = ref.step(before, grads)
+  got = jax.tree.leaves(after)
+  assert len(got) == len(want)
+  for path, inc, g, w, s in zip(ref.paths, ref.included, got, want, sgd):
+    np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL, err_msg=path)
+    if not inc:  # excluded: plain momentum SGD at the global learning rate
+      np.testing.assert_allclose(g, s, rtol=RTOL, atol=ATOL, err_msg=path)
+
+
+def _check_exclusions_matter(params, grads):
+  """What LARS with no exclusions would do to the excluded leaves differs a lot (the
+  masked-leaf checks above could fail)."""
+  full = lars_jax.lars(LR, weight_decay=WD, trust_coefficient=ETA, momentum=MU)
+  masked = _tx()
+  a, _ = full.update(grads, full.init(params), params)
+  b, _ = masked.update(grads, masked.init(params), params)
+  for inc, x, y in zip(masks.resolve(EXCLUDE, params), jax.tree.leaves(a), jax.tree.leaves(b)):
+    if inc:
+      np.testing.assert_allclose(x, y, rtol=1e-6)
+    elif np.any(np.asarray(y) != 0):
+      assert not np.allclose(x, y, rtol=1e-2, atol=0), "exclusion made no difference"
+
+
+# ----------------------------------------------------------------------------
+# Linen
+
+
+class LinenCNN(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(8, (3, 3))(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    x = nn.relu(x).reshape(x.shape[0], -1)
+    return nn.Dense(10)(x)
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: dict
+
+
+@jax.jit
+def linen_step(state, x, y):
+  def loss_fn(params):
+    logits, new_vars = state.apply_fn(
+      {"params": params, "batch_stats": state.batch_stats},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, new_vars["batch_stats"]
+
+  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  return state, loss, grads
+
+
+def test_linen_train_state_with_batch_norm():
+  x, y = _data()
+  model = LinenCNN()
+  variables = model.init(jax.random.key(0), x[:1], train=False)
+  state = TrainState.create(
+    apply_fn=model.apply,
+    params=variables["params"],
+    tx=_tx(),
+    batch_stats=variables["batch_stats"],
+  )
+  paths = jax.tree.leaves(masks.tree_paths(state.params))
+  assert paths == [
+    "BatchNorm_0/bias",
+    "BatchNorm_0/scale",
+    "Conv_0/bias",
+    "Conv_0/kernel",
+    "Dense_0/bias",
+    "Dense_0/kernel",
+  ]
+  assert masks.resolve(EXCLUDE, state.params) == [False, False, False, True, False, True]
+  ref = Reference(state.params)
+  stats0 = state.batch_stats
+  losses = []
+  for _ in range(STEPS):
+    before = state.params
+    state, loss, grads = linen_step(state, x, y)
+    _check_step(ref, before, grads, state.params)
+    losses.append(float(loss))
+  _check_exclusions_matter(before, grads)
+  assert losses[-1] < 0.5 * losses[0], losses
+  assert int(state.step) == STEPS
+  # Batch statistics moved (collected through mutable=['batch_stats']) and stay out of
+  # the optimizer; evaluation uses them.
+  assert not np.allclose(state.batch_stats["BatchNorm_0"]["mean"], stats0["BatchNorm_0"]["mean"])
+  assert "batch_stats" not in str(jax.tree.structure(state.opt_state))
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, False)
+  assert logits.shape == (64, 10) and np.all(np.isfinite(logits))
+  # The schedule counts advanced once per step.
+  counts = [
+    int(s.count) for s in state.opt_state if isinstance(s, lars_jax.ScaleByLearningRateState)
+  ]
+  assert counts == [STEPS]
+
+
+# ----------------------------------------------------------------------------
+# NNX
+
+
+class NNXCNN(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(1, 8, (3, 3), rngs=rngs)
+    self.batch_norm = nnx.BatchNorm(8, momentum=0.9, rngs=rngs)
+    self.head = nnx.Linear(8 * 8 * 8, 10, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.batch_norm(self.conv(x)))
+    x = x.reshape(x.shape[0], -1)
+    return self.head(x)
+
+
+@nnx.jit
+def nnx_step(model, optimizer, x, y):
+  def loss_fn(model):
+    return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+  loss, grads = nnx.value_and_grad(loss_fn)(model)
+  optimizer.update(model, grads)
+  return loss, grads
+
+
+def _nnx_params(model):
+  return jax.tree.map(np.asarray, nnx.as_pure(nnx.state(model, nnx.Param)))
+
+
+def test_nnx_optimizer_with_batch_norm():
+  x, y = _data()
+  model = NNXCNN(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, _tx(), wrt=nnx.Param)
+  params = nnx.state(model, nnx.Param)
+  paths = jax.tree.leaves(masks.tree_paths(params))
+  assert paths == [
+    "batch_norm/bias",
+    "batch_norm/scale",
+    "conv/bias",
+    "conv/kernel",
+    "head/bias",
+    "head/kernel",
+  ]
+  assert masks.resolve(EXCLUDE, params) == [False, False, False, True, False, True]
+  ref = Reference(params)
+  mean0 = np.asarray(model.batch_norm.mean[...])
+  model.train()
+  losses = []
+  for _ in range(STEPS):
+    before = _nnx_params(model)
+    loss, grads = nnx_step(model, optimizer, x, y)
+    grads = nnx.as_pure(grads)
+    _check_step(ref, before, grads, _nnx_params(model))
+    losses.append(float(loss))
+  _check_exclusions_matter(before, grads)
+  assert losses[-1] < 0.5 * losses[0], losses
+  assert int(optimizer.step[...]) == STEPS
+  assert not np.allclose(model.batch_norm.mean[...], mean0)  # BatchStat, not optimized
+  model.eval()
+  assert np.all(np.isfinite(model(x)))
