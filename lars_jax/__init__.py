@@ -5,6 +5,7 @@ from lars_jax.diagnostics import diagnostics_to_floats, layer_diagnostics
 from lars_jax.lars import lars
 from lars_jax.presets import (
   ScaleByLarcState,
+  ScaleBySumNormsTrustRatioState,
   TorchTraceState,
   keras_clip,
   larc,
@@ -31,6 +32,7 @@ __all__ = [
   "AddDecayedWeightsState",
   "ScaleByLarcState",
   "ScaleByLearningRateState",
+  "ScaleBySumNormsTrustRatioState",
   "TorchTraceState",
   "TraceState",
   "add_decayed_weights",

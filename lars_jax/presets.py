@@ -45,8 +45,14 @@ class TorchTraceState(NamedTuple):
   trace: optax.Params
 
 
+class ScaleBySumNormsTrustRatioState(NamedTuple):
+  """Step count at which a weight-decay schedule is read next."""
+
+  count: jax.Array
+
+
 class ScaleByLarcState(NamedTuple):
-  """Step count at which a learning-rate schedule is read next."""
+  """Step count at which the learning-rate / weight-decay schedules are read next."""
 
   count: jax.Array
 
@@ -210,7 +216,7 @@ def _sum_norms_rewrite(
 
 def scale_by_sum_norms_trust_ratio(
   trust_coefficient: float | jax.Array = 0.001,
-  weight_decay: float | jax.Array = 0.0,
+  weight_decay: ScalarOrSchedule = 0.0,
   eps: float | jax.Array = 1e-8,
   mask: masks_lib.Mask = None,
   *,
@@ -235,7 +241,8 @@ def scale_by_sum_norms_trust_ratio(
 
   Args:
     trust_coefficient: :math:`\eta \ge 0`.
-    weight_decay: :math:`\lambda \ge 0`.
+    weight_decay: :math:`\lambda \ge 0`, or a schedule (step :math:`c` from 0 reads
+      :math:`\lambda(c)`).
     eps: :math:`\epsilon \ge 0`, added to the denominator.
     mask: which leaves to decay and adapt (see `lars_jax.masks`); None: all.
     axis_name: mesh axes each leaf is split over under `shard_map` (see
@@ -253,32 +260,36 @@ def scale_by_sum_norms_trust_ratio(
     Array([0.003, 0.004], dtype=float32)
   """
   name = "scale_by_sum_norms_trust_ratio"
-  for arg, value in [
-    ("trust_coefficient", trust_coefficient),
-    ("weight_decay", weight_decay),
-    ("eps", eps),
-  ]:
+  _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable it.")
+  for arg, value in [("trust_coefficient", trust_coefficient), ("eps", eps)]:
     _check_not_schedule(arg, value)
     _checks.check_scalar(arg, value)
   identity = _is_python_number(weight_decay) and float(weight_decay) == 0.0
+  counted = callable(weight_decay)
 
   def init_fn(params):
     _checks.check_float_leaves(name, params)
     if jax.tree.leaves(params):  # not optax.tree_map_params' leafless placeholder
       masks_lib.resolve(mask, params, arg="mask")
       transforms.leaf_axes(axis_name, params)
+    if counted:
+      return ScaleBySumNormsTrustRatioState(count=jnp.zeros([], jnp.int32))
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if identity:
       return updates, state
+    wd = weight_decay
+    if counted:
+      wd = weight_decay(state.count)
+      state = ScaleBySumNormsTrustRatioState(count=optax.safe_increment(state.count))
     out = _sum_norms_rewrite(
       name,
       updates,
       params,
       trust_coefficient=trust_coefficient,
-      weight_decay=weight_decay,
+      weight_decay=wd,
       eps=eps,
       mask=mask,
       axis_name=axis_name,
@@ -292,7 +303,7 @@ def scale_by_sum_norms_trust_ratio(
 def scale_by_larc(
   learning_rate: ScalarOrSchedule,
   *,
-  weight_decay: float | jax.Array = 0.0,
+  weight_decay: ScalarOrSchedule = 0.0,
   trust_coefficient: float | jax.Array = 0.02,
   clip: bool = True,
   eps: float | jax.Array = 1e-8,
@@ -318,7 +329,7 @@ def scale_by_larc(
   Args:
     learning_rate: :math:`\gamma`, the inner optimizer's learning rate (or its
       schedule); only clip mode reads it.
-    weight_decay: :math:`\lambda \ge 0`.
+    weight_decay: :math:`\lambda \ge 0`, or a schedule.
     trust_coefficient: :math:`\eta \ge 0` (Apex's default 0.02).
     clip: clip mode (Apex's default) if True, scale mode if False.
     eps: :math:`\epsilon \ge 0`.
@@ -340,15 +351,12 @@ def scale_by_larc(
   _checks.check_scalar(
     "learning_rate", learning_rate, fix="Pass the inner optimizer's learning rate or schedule."
   )
-  for arg, value in [
-    ("weight_decay", weight_decay),
-    ("trust_coefficient", trust_coefficient),
-    ("eps", eps),
-  ]:
+  _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable it.")
+  for arg, value in [("trust_coefficient", trust_coefficient), ("eps", eps)]:
     _check_not_schedule(arg, value)
     _checks.check_scalar(arg, value)
   _check_bool("clip", clip)
-  counted = clip and callable(learning_rate)
+  counted = (clip and callable(learning_rate)) or callable(weight_decay)
 
   def init_fn(params):
     _checks.check_float_leaves(name, params)
@@ -360,20 +368,18 @@ def scale_by_larc(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    lr = None
-    if clip:
-      lr = learning_rate(state.count) if counted else learning_rate
+    at = lambda x: x(state.count) if callable(x) else x  # noqa: E731
     out = _sum_norms_rewrite(
       name,
       updates,
       params,
       trust_coefficient=trust_coefficient,
-      weight_decay=weight_decay,
+      weight_decay=at(weight_decay),
       eps=eps,
       mask=None,
       axis_name=axis_name,
       need_decay=False,
-      clip_lr=lr,
+      clip_lr=at(learning_rate) if clip else None,
     )
     if counted:
       state = ScaleByLarcState(count=optax.safe_increment(state.count))
@@ -497,7 +503,7 @@ def _exclude_mask(patterns: Patterns, arg: str) -> masks_lib.Mask:
 def tf_lars(
   learning_rate: ScalarOrSchedule = 0.01,
   momentum: float | jax.Array = 0.9,
-  weight_decay_rate: float | jax.Array = 0.0,
+  weight_decay_rate: ScalarOrSchedule = 0.0,
   eeta: float | jax.Array = 0.001,
   nesterov: bool = False,
   classic_momentum: bool = True,
@@ -537,7 +543,7 @@ def tf_lars(
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule (read at 0 on the first step).
     momentum: :math:`\mu \in [0, 1)`.
-    weight_decay_rate: :math:`\lambda \ge 0`.
+    weight_decay_rate: :math:`\lambda \ge 0`, or a schedule (Keras takes a number).
     eeta: the trust coefficient :math:`\eta \ge 0`.
     nesterov: Nesterov momentum.
     classic_momentum: classic (True) or popular (False) momentum, see above.
@@ -581,7 +587,6 @@ def tf_lars(
     "learning_rate", learning_rate, fix="Pass a non-negative number or an optax schedule."
   )
   _checks.check_momentum("momentum", momentum)
-  _check_not_schedule("weight_decay_rate", weight_decay_rate)
   _checks.check_scalar("weight_decay_rate", weight_decay_rate, fix="Use 0.0 to disable it.")
   _check_not_schedule("eeta", eeta)
   _checks.check_scalar("eeta", eeta, fix="0.001 is usual.")
@@ -607,7 +612,7 @@ def torch_lars(
   learning_rate: ScalarOrSchedule,
   momentum: float | jax.Array = 0.0,
   dampening: float | jax.Array = 0.0,
-  weight_decay: float | jax.Array = 0.0,
+  weight_decay: ScalarOrSchedule = 0.0,
   nesterov: bool = False,
   trust_coefficient: float | jax.Array = 0.001,
   eps: float | jax.Array = 1e-8,
@@ -637,7 +642,7 @@ def torch_lars(
     learning_rate: :math:`\gamma \ge 0`, or a schedule (read at 0 on the first step).
     momentum: :math:`\mu \in [0, 1)`.
     dampening: :math:`\tau \in [0, 1]`.
-    weight_decay: :math:`\lambda \ge 0`.
+    weight_decay: :math:`\lambda \ge 0`, or a schedule.
     nesterov: Nesterov momentum (needs :math:`\mu > 0`, :math:`\tau = 0`).
     trust_coefficient: :math:`\eta \ge 0`.
     eps: :math:`\epsilon \ge 0`, added to the denominator.
@@ -685,7 +690,7 @@ def larc(
   inner: optax.GradientTransformation,
   learning_rate: ScalarOrSchedule,
   *,
-  weight_decay: float | jax.Array = 0.0,
+  weight_decay: ScalarOrSchedule = 0.0,
   trust_coefficient: float | jax.Array = 0.02,
   clip: bool = True,
   eps: float | jax.Array = 1e-8,
@@ -704,7 +709,7 @@ def larc(
   Args:
     inner: the optimizer to wrap, e.g. ``optax.sgd(lr, momentum=0.9)``.
     learning_rate: :math:`\gamma`, the inner optimizer's learning rate or schedule.
-    weight_decay: :math:`\lambda \ge 0`.
+    weight_decay: :math:`\lambda \ge 0`, or a schedule.
     trust_coefficient: :math:`\eta \ge 0` (Apex's default 0.02).
     clip: clip mode (Apex's default) if True, scale mode if False.
     eps: :math:`\epsilon \ge 0`.

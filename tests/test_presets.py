@@ -198,7 +198,7 @@ class TorchLarsReference:
     updates = []
     for name, w, g in zip(NAMES, params, grads):
       g = np.asarray(g, np.float64)
-      wd = self.wd if self.groups[name] else 0.0
+      wd = _at(self.wd, self.c) if self.groups[name] else 0.0
       wn, gn = _norm(w), _norm(g)
       if wd != 0 and wn != 0 and gn != 0:
         d = self.eta * wn / (gn + wd * wn + self.eps) * (g + wd * w)
@@ -235,7 +235,7 @@ class LarcSgdReference:
     self.c = 0
 
   def step(self, params, grads):
-    lr = _at(self.lr, self.c)
+    lr, wd = _at(self.lr, self.c), _at(self.wd, self.c)
     if self.t is None:
       self.t = [np.zeros_like(w) for w in params]
     updates = []
@@ -243,10 +243,10 @@ class LarcSgdReference:
       g = np.asarray(g, np.float64)
       wn, gn = _norm(w), _norm(g)
       if wn != 0 and gn != 0:
-        a = self.eta * wn / (gn + self.wd * wn + self.eps)
+        a = self.eta * wn / (gn + wd * wn + self.eps)
         if self.clip:
-          a = min(a / lr, 1.0)
-        g = a * (g + self.wd * w)
+          a = min(a / lr, 1.0) if lr > 0 else 1.0  # torch: a / 0 = inf
+        g = a * (g + wd * w)
       self.t[i] = g + self.mu * self.t[i]
       out = g + self.mu * self.t[i] if self.nesterov else self.t[i]
       updates.append(-lr * out)
@@ -418,6 +418,10 @@ TORCH_CASES = {
     None,
   ),
   "weight_decay_0": (dict(learning_rate=0.1, momentum=0.9, weight_decay=0.0), None),
+  "weight_decay_schedule": (
+    dict(learning_rate=0.5, momentum=0.9, weight_decay=optax.linear_schedule(0.0, 0.1, 3)),
+    None,
+  ),
   "momentum_0": (dict(learning_rate=0.3, weight_decay=5e-2, trust_coefficient=0.1), None),
   "masked_groups": (
     dict(learning_rate=0.5, momentum=0.8, weight_decay=1e-2, trust_coefficient=0.01),
@@ -501,6 +505,9 @@ LARC_CASES = {
   "clip_constant": dict(learning_rate=0.05, momentum=0.9, trust_coefficient=0.05),
   "scale_nesterov_wd": dict(
     learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2, clip=False
+  ),
+  "clip_decay_schedule": dict(
+    learning_rate=WARMUP, momentum=0.9, weight_decay=optax.linear_schedule(0.1, 0.0, 4)
   ),
   "scale_no_decay": dict(learning_rate=WARMUP, momentum=0.0, clip=False, eps=1e-3),
 }
@@ -654,7 +661,7 @@ BAD = [
   (lambda: lars_jax.torch_lars(-0.1), ValueError, "learning_rate"),
   (lambda: lars_jax.torch_lars(0.1, momentum=-0.9), ValueError, "momentum"),
   (lambda: lars_jax.torch_lars(0.1, weight_decay=-1e-4), ValueError, "weight_decay"),
-  (lambda: lars_jax.torch_lars(0.1, weight_decay=lambda c: 0.1), TypeError, "weight_decay"),
+  (lambda: lars_jax.torch_lars(0.1, trust_coefficient=lambda c: 0.1), TypeError, "trust_coeff"),
   (lambda: lars_jax.torch_lars(0.1, nesterov=True), ValueError, "nesterov"),
   (
     lambda: lars_jax.torch_lars(0.1, momentum=0.9, dampening=0.1, nesterov=True),
