@@ -1,6 +1,7 @@
 """lars_jax: LARS and large-batch training for JAX and optax."""
 
-from lars_jax import masks
+from lars_jax import masks, schedules
+from lars_jax.config import LARSConfig, OptimizerConfig
 from lars_jax.diagnostics import diagnostics_to_floats, layer_diagnostics
 from lars_jax.lars import lars
 from lars_jax.presets import (
@@ -30,6 +31,8 @@ __version__ = "0.1.0"
 
 __all__ = [
   "AddDecayedWeightsState",
+  "LARSConfig",
+  "OptimizerConfig",
   "ScaleByLarcState",
   "ScaleByLearningRateState",
   "ScaleBySumNormsTrustRatioState",
@@ -42,6 +45,7 @@ __all__ = [
   "lars",
   "layer_diagnostics",
   "masks",
+  "schedules",
   "scale_by_larc",
   "scale_by_learning_rate",
   "scale_by_sum_norms_trust_ratio",

@@ -196,8 +196,8 @@ def warmup_piecewise_constant(
 class _ScheduleConfig(BaseModel):
   model_config = ConfigDict(extra="forbid", frozen=True)
 
-  warmup_steps: _Steps = 0
-  """Linear warm-up from 0 to the base value over this many steps."""
+  # Each subclass declares `kind` then `warmup_steps` (linear warm-up from 0 to the
+  # base value over that many steps), so that YAML shows `kind` first.
 
   def build(self, base_value: float) -> optax.Schedule | float:
     """Returns the schedule (a Python float for a constant without warm-up)."""
@@ -208,6 +208,7 @@ class ConstantSchedule(_ScheduleConfig):
   """The base value, after an optional linear warm-up."""
 
   kind: Literal["constant"] = "constant"
+  warmup_steps: _Steps = 0
 
   def build(self, base_value: float) -> optax.Schedule | float:
     if self.warmup_steps == 0:
@@ -226,6 +227,7 @@ class WarmupCosineSchedule(_ScheduleConfig):
   """
 
   kind: Literal["warmup_cosine"] = "warmup_cosine"
+  warmup_steps: _Steps = 0
   total_steps: _PositiveSteps
   end_value: _NonNeg = 0.0
 
@@ -252,6 +254,7 @@ class WarmupPolynomialSchedule(_ScheduleConfig):
   (see `warmup_polynomial_decay`)."""
 
   kind: Literal["warmup_polynomial"] = "warmup_polynomial"
+  warmup_steps: _Steps = 0
   total_steps: _PositiveSteps
   end_value: _NonNeg = 1e-4
   power: _Positive = 2.0
@@ -275,6 +278,7 @@ class PiecewiseSchedule(_ScheduleConfig):
   (see `warmup_piecewise_constant`)."""
 
   kind: Literal["piecewise"] = "piecewise"
+  warmup_steps: _Steps = 0
   boundaries: tuple[_PositiveSteps, ...]
   factors: tuple[_NonNeg, ...]
 
