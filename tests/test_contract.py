@@ -101,6 +101,44 @@ OPTIMIZERS = [
     static_args=("decay_mask", "nesterov"),
     converge_lr=2.0,  # momentum 0.8 moves less per step; 1.0 leaves complex Rosenbrock at 3e-2
   ),
+  # The framework presets (lars_jax/presets.py). Popular momentum normalises the step
+  # (no x10 from the buffer), hence its larger converge_lr. larc wraps SGD-momentum built
+  # from our transforms (optax.sgd would cast bf16 updates to an f32 injected rate); in
+  # clip mode eta=100 makes the min(r / lr, 1) bound bind, so updates stay linear in lr.
+  Contract("tf_lars", lars_jax.tf_lars, dict(learning_rate=1.0)),
+  Contract(
+    "tf_lars_popular_nesterov_clipnorm",
+    lars_jax.tf_lars,
+    dict(
+      learning_rate=1.0,
+      weight_decay_rate=1e-4,
+      classic_momentum=False,
+      nesterov=True,
+      clipnorm=10.0,
+    ),
+    converge_lr=5.0,
+  ),
+  Contract(
+    "torch_lars",
+    lars_jax.torch_lars,
+    dict(learning_rate=1.0, momentum=0.9, dampening=0.1, weight_decay=1e-4),
+    converge_lr=2.0,
+  ),
+  *(
+    Contract(
+      f"larc_sgd_{mode}",
+      lambda learning_rate, weight_decay=0.0, trust_coefficient=0.02, clip=clip: lars_jax.larc(
+        optax.chain(lars_jax.trace(0.9), lars_jax.scale_by_learning_rate(learning_rate)),
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        trust_coefficient=trust_coefficient,
+        clip=clip,
+      ),
+      dict(learning_rate=1.0, weight_decay=1e-4, trust_coefficient=100.0 if clip else 0.02),
+      converge_lr=0.002 if clip else 1.0,
+    )
+    for mode, clip in [("scale", False), ("clip", True)]
+  ),
 ]
 
 by_name = pytest.mark.parametrize("opt", OPTIMIZERS, ids=lambda c: c.name)
