@@ -624,11 +624,6 @@ def _factory(kind: str) -> Callable[..., optax.GradientTransformation]:
   )
 
 
-def _takes_schedule(fn: Callable[..., Any], arg: str) -> bool:
-  ann = inspect.signature(fn).parameters[arg].annotation
-  return "Callable" in str(ann) or "Schedule" in str(ann)
-
-
 class OptimizerConfig(_Config):
   r"""An optimizer with noether-style per-parameter rules; `build` gives one transformation.
 
@@ -728,13 +723,6 @@ class OptimizerConfig(_Config):
         raise ValueError(
           "weight_decay_schedule needs weight_decay > 0: the schedule's base value is "
           "`weight_decay`."
-        )
-      if self.kind in ("tf_lars", "torch_lars") or (
-        "weight_decay" in params and not _takes_schedule(fn, "weight_decay")
-      ):
-        raise ValueError(
-          f"weight_decay_schedule: kind {self.kind!r} takes a constant weight decay. "
-          "Use kind 'lars' or an optax optimizer, or remove the schedule."
         )
     if self.kind == "torch_lars" and not self.exclude_from_adaptation_follows_weight_decay:
       raise ValueError(
