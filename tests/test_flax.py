@@ -249,3 +249,68 @@ def test_nnx_optimizer_with_batch_norm():
   assert not np.allclose(model.batch_norm.mean[...], mean0)  # BatchStat, not optimized
   model.eval()
   assert np.all(np.isfinite(model(x)))
+
+
+def test_nnx_diagnostics_in_the_step():
+  """Diagnostics returned from an nnx.jit step describe the params before the update
+  (a snapshot) and the update optimizer.update applied."""
+  x, y = _data()
+  model = NNXCNN(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, _tx(), wrt=nnx.Param)
+  model.train()
+
+  @nnx.jit
+  def step(model, optimizer, x, y):
+    params = nnx.as_pure(nnx.state(model, nnx.Param))
+    loss, grads = nnx.value_and_grad(
+      lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+    )(model)
+    updates = optimizer.update(model, grads)
+    kw = dict(weight_decay=WD, weight_decay_mask=EXCLUDE, trust_coefficient=ETA)
+    return lars_jax.layer_diagnostics(
+      params, grads, trust_ratio_mask=EXCLUDE, updates=updates, **kw
+    )
+
+  for _ in range(2):
+    before = _nnx_params(model)
+    d = lars_jax.diagnostics_to_floats(step(model, optimizer, x, y))
+    after = _nnx_params(model)
+  for path in ("conv/kernel", "head/kernel", "batch_norm/scale"):
+    w0 = np.asarray(_at(before, path), np.float64)
+    w1 = np.asarray(_at(after, path), np.float64)
+    np.testing.assert_allclose(d[f"param_norm/{path}"], np.linalg.norm(w0), rtol=1e-6)
+    np.testing.assert_allclose(d[f"update_norm/{path}"], np.linalg.norm(w1 - w0), rtol=1e-4)
+    np.testing.assert_allclose(
+      d[f"update_ratio/{path}"], np.linalg.norm(w1 - w0) / np.linalg.norm(w0), rtol=1e-4
+    )
+  assert d["trust_ratio/batch_norm/scale"] == 1.0
+  assert 0 < d["trust_ratio/conv/kernel"] != 1.0
+
+
+def _at(tree, path):
+  for k in path.split("/"):
+    tree = tree[k]
+  return tree
+
+
+def test_docs_flax_md_runs(tmp_path, monkeypatch):
+  """The code blocks of docs/flax.md (the README's Flax section) run as written."""
+  import pathlib
+  import re
+
+  doc = pathlib.Path(__file__).parent.parent / "docs" / "flax.md"
+  blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+  assert len(blocks) == 6
+  monkeypatch.chdir(tmp_path)
+  ns: dict = {}
+  for i, block in enumerate(blocks):
+    exec(compile(block, f"docs/flax.md block {i}", "exec"), ns)
+  rows = (tmp_path / "diagnostics.csv").read_text().splitlines()
+  assert len(rows) == 1 + 5 and rows[0].startswith("step,loss,decayed_grad_norm/")
+  assert int(ns["state"].step) == 20
+  chex_equal = jax.tree.map(
+    lambda a, b: bool(np.array_equal(a, b)),
+    nnx.state(ns["model2"]),
+    nnx.state(ns["model"]),
+  )
+  assert all(jax.tree.leaves(chex_equal))
