@@ -203,8 +203,11 @@ def layer_norms(
 # and reduced together. Each small reduction is otherwise its own kernel (two on XLA
 # CPU, which squares and reduces small arrays separately), and per-kernel overhead,
 # not bandwidth, dominates for biases and normalisation scales. 4096 is also where
-# XLA CPU starts sending reductions to YNNPACK.
+# XLA CPU starts sending reductions to YNNPACK. A stack holds at most 64 leaves (the
+# fan-in of one concatenate). Its copy costs no more memory than the unbatched path,
+# where XLA CPU materialises each small leaf's square before reducing it.
 _SMALL_LEAF = 4096
+_STACK_MAX = 64
 
 
 def _type_sharded(x: jax.Array) -> bool:
@@ -220,20 +223,25 @@ def _type_sharded(x: jax.Array) -> bool:
 
 def _sq_norms(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
   """`[sq_norm(x) for x in leaves]` as a vector of `dtype`, small leaves batched."""
-  groups: dict[tuple[Any, ...], list[int]] = {}
+  by_shape: dict[tuple[Any, ...], list[int]] = {}
   for i, x in enumerate(leaves):
     if x.size < _SMALL_LEAF and not _type_sharded(x):
-      groups.setdefault((x.shape, jnp.dtype(x.dtype)), []).append(i)
-  groups = {k: v for k, v in groups.items() if len(v) > 1}
+      by_shape.setdefault((x.shape, jnp.dtype(x.dtype)), []).append(i)
+  groups = [
+    idx[start : start + _STACK_MAX]
+    for idx in by_shape.values()
+    for start in range(0, len(idx), _STACK_MAX)
+    if len(idx[start : start + _STACK_MAX]) > 1
+  ]
   if not groups:
     return jnp.stack([sq_norm(x).astype(dtype) for x in leaves])
   pieces, order = [], []
-  batched = {i for idx in groups.values() for i in idx}
+  batched = {i for idx in groups for i in idx}
   for i, x in enumerate(leaves):
     if i not in batched:
       pieces.append(sq_norm(x).astype(dtype)[None])
       order.append(i)
-  for idx in groups.values():
+  for idx in groups:
     stacked = jnp.stack([leaves[i].reshape(-1) for i in idx]).astype(
       wide_dtype(leaves[idx[0]].dtype)
     )
