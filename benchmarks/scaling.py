@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
 
-    python -m benchmarks.scaling           # 1M..100M params at 64 leaves; 8..4096 leaves at 8M
+    python -m benchmarks.scaling           # 1M..100M params at 64 leaves; 8..2048 leaves at 8M
     python -m benchmarks.scaling --quick   # 1M..30M params, 8..1024 leaves, fewer repeats
 
 Trees are `n_leaves` equal 2-D leaves (so every leaf is decayed and adapted).
@@ -104,7 +104,7 @@ def main() -> None:
   else:
     sizes, leaf_counts, repeats = (
       [1e6, 3e6, 10e6, 30e6, 100e6],
-      [8, 64, 256, 1024, 4096],
+      [8, 64, 256, 1024, 2048],
       args.repeats,
     )
   print(f"{datetime.datetime.now().isoformat(timespec='seconds')}; {harness.machine()}")
