@@ -67,8 +67,10 @@ def layer_diagnostics(
 
   where the trust ratio is 1 for leaves outside `trust_ratio_mask` or with a zero
   norm: exactly the factor `lars_jax.lars` multiplies :math:`u` by before the
-  learning rate and momentum. With `updates` (what ``tx.update`` returned this step)
-  also ``update_norm`` :math:`\|\Delta w\|` and ``update_ratio``
+  learning rate and momentum. (Presets with another ratio, such as `torch_lars`'s
+  :math:`\eta\|w\| / (\|g\| + \lambda\|w\| + \epsilon)` or LARC's clipping, apply other
+  numbers; the norms here still describe their steps.) With `updates` (what
+  ``tx.update`` returned this step) also ``update_norm`` :math:`\|\Delta w\|` and ``update_ratio``
   :math:`\|\Delta w\| / \|w\|`, the relative step actually taken (``inf`` where
   :math:`\|w\| = 0 < \|\Delta w\|`, 0 where both are 0).
 
