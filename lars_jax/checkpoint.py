@@ -75,7 +75,8 @@ def manager(
   """A `CheckpointManager` for `save` and `restore`, usable from a fresh process.
 
   Args:
-    directory: where steps are stored (created if missing; made absolute).
+    directory: where steps are stored (created if missing); a local path or a URL
+      orbax understands, such as ``gs://bucket/run1``.
     max_to_keep: how many of the newest steps to keep (None: all). Keep at least 2,
       so that a step corrupted on disk after its save still leaves an earlier one.
     **options: more `orbax.checkpoint.CheckpointManagerOptions` fields, e.g.
@@ -87,8 +88,11 @@ def manager(
   if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
     raise ValueError(f"`max_to_keep` must be a positive int or None, got {max_to_keep!r}.")
   opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, **options)
+  directory = os.fspath(directory)
+  if "://" not in directory:  # keep gs://... and other remote paths as given
+    directory = os.path.abspath(directory)
   return ocp.CheckpointManager(
-    os.path.abspath(os.fspath(directory)),
+    directory,
     options=opts,
     item_names=(_STATE, _MANIFEST),
     item_handlers={
