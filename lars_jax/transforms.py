@@ -203,11 +203,12 @@ def layer_norms(
 # and reduced together. Each small reduction is otherwise its own kernel (two on XLA
 # CPU, which squares and reduces small arrays separately), and per-kernel overhead,
 # not bandwidth, dominates for biases and normalisation scales. 4096 is also where
-# XLA CPU starts sending reductions to YNNPACK. A stack holds at most 64 leaves (the
-# fan-in of one concatenate). Its copy costs no more memory than the unbatched path,
-# where XLA CPU materialises each small leaf's square before reducing it.
+# XLA CPU starts sending reductions to YNNPACK. A stack holds at most 8 leaves: XLA
+# CPU fuses a concatenate of up to 8 operands, and larger ones are slow. The stacks
+# cost no more memory than the unbatched path, where XLA CPU materialises each
+# small leaf's square before reducing it.
 _SMALL_LEAF = 4096
-_STACK_MAX = 64
+_STACK_MAX = 8
 
 
 def _type_sharded(x: jax.Array) -> bool:
