@@ -213,18 +213,15 @@ def make_optimizer(
   raise ValueError(f"`optimizer` must be 'lars' or 'sgd', got {recipe.optimizer!r}.")
 
 
-def layer_stats(
-  params: Any, grads: Any, recipe: Recipe, updates: Any | None = None
-) -> dict[str, jax.Array]:
-  r"""Per-layer LARS statistics of one step, as a flat ``{'<stat>/<path>': scalar}`` dict.
+def trust_ratio_diagnostics(recipe: Recipe) -> Callable[[Any, Any], dict[str, jax.Array]]:
+  r"""``(params, grads) -> {'trust_ratio/<path>': r}`` for the layers `recipe` adapts.
 
-  For every leaf that `recipe` decays and adapts (`EXCLUDE`), with :math:`u = g +
-  \lambda w`: ``param_norm`` :math:`\|w\|`, ``grad_norm`` :math:`\|g\|`,
-  ``decayed_grad_norm`` :math:`\|u\|` and ``trust_ratio`` :math:`\eta\|w\|/\|u\|`
-  (1 where a norm is 0), the ratio the LARS update applies; with `updates` (what the
-  optimizer returned) also ``update_norm`` and ``update_ratio`` :math:`\|\Delta w\| /
-  \|w\|`. All norms come from one `lars_jax.transforms.layer_norms` call, so it is
-  cheap inside a jitted train step and does not touch the update.
+  A filter on `lars_jax.layer_diagnostics` called with the recipe's weight decay and
+  trust coefficient and `EXCLUDE` as both masks, so ``r`` is the ratio
+  :math:`\eta\|w\| / \|g + \lambda w\|` the LARS update applies. It keeps only the
+  adapted layers (`layer_diagnostics` reports a ratio of 1 for the biases and
+  batch-norm parameters, which LARS leaves alone). Pure and jit-able: the train step
+  returns it without touching the update.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -232,43 +229,23 @@ def layer_stats(
     ...           'BatchNorm_0': {'scale': jnp.ones(2)}}  # bias and BatchNorm: excluded
     >>> grads = {'Dense_0': {'kernel': jnp.array([[0.6, 0.8]]), 'bias': jnp.ones(2)},
     ...          'BatchNorm_0': {'scale': jnp.ones(2)}}
-    >>> stats = layer_stats(params, grads, Recipe('lars', 1.0, weight_decay=0.0))
-    >>> for k, v in stats.items():
-    ...   print(k, round(float(v), 4))
-    param_norm/Dense_0/kernel 5.0
-    grad_norm/Dense_0/kernel 1.0
-    decayed_grad_norm/Dense_0/kernel 1.0
-    trust_ratio/Dense_0/kernel 0.005
+    >>> diag_fn = trust_ratio_diagnostics(Recipe('lars', 1.0, weight_decay=0.0))
+    >>> {k: round(float(v), 4) for k, v in diag_fn(params, grads).items()}
+    {'trust_ratio/Dense_0/kernel': 0.005}
   """
-  from lars_jax.transforms import layer_norms
-
-  paths = jax.tree.leaves(lars_jax.masks.tree_paths(params))
-  keep = [i for i, b in enumerate(lars_jax.masks.resolve(EXCLUDE, params)) if b]
-
-  def pick(tree: Any) -> list[jax.Array]:
-    leaves = jax.tree.leaves(tree)
-    return [leaves[i] for i in keep]
-
-  w, g = pick(params), pick(grads)
-  u = [gi + recipe.weight_decay * wi for gi, wi in zip(g, w)]
-  lists = [w, g, u] + ([pick(updates)] if updates is not None else [])
-  norms = layer_norms(lists, [()] * len(keep))
-  stats = {"param_norm": norms[0], "grad_norm": norms[1], "decayed_grad_norm": norms[2]}
-  stats["trust_ratio"] = lars_jax.trust_ratio(norms[0], norms[2], recipe.trust_coefficient)
-  if updates is not None:
-    stats["update_norm"] = norms[3]
-    stats["update_ratio"] = jnp.where(
-      norms[0] > 0, norms[3] / jnp.where(norms[0] > 0, norms[0], 1), 0
-    )
-  return {f"{k}/{paths[i]}": v[j] for k, v in stats.items() for j, i in enumerate(keep)}
-
-
-def trust_ratio_diagnostics(recipe: Recipe) -> Callable[[Any, Any], dict[str, jax.Array]]:
-  """``(params, grads) -> {'trust_ratio/<path>': r}`` for the adapted layers (`layer_stats`)."""
 
   def diag_fn(params, grads):
-    stats = layer_stats(params, grads, recipe)
-    return {k: v for k, v in stats.items() if k.startswith("trust_ratio/")}
+    diag = lars_jax.layer_diagnostics(
+      params,
+      grads,
+      weight_decay=recipe.weight_decay,
+      weight_decay_mask=EXCLUDE,
+      trust_coefficient=recipe.trust_coefficient,
+      trust_ratio_mask=EXCLUDE,
+    )
+    paths = jax.tree.leaves(lars_jax.masks.tree_paths(params))
+    adapted = lars_jax.masks.resolve(EXCLUDE, params)
+    return {f"trust_ratio/{p}": diag[f"trust_ratio/{p}"] for p, a in zip(paths, adapted) if a}
 
   return diag_fn
 

@@ -9,9 +9,25 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
+import lars_jax  # noqa: E402
 from lars_jax import demo  # noqa: E402
 
 CHANCE = 0.1  # ten balanced classes
+
+
+def _init_params():
+  import jax
+  import jax.numpy as jnp
+
+  return demo.ResNet().init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+
+
+def _adapted_paths(params) -> set[str]:
+  """Paths of the leaves the demo's LARS decays and adapts (not biases, not BatchNorm)."""
+  import jax
+
+  paths = jax.tree.leaves(lars_jax.masks.tree_paths(params))
+  return {p for p, a in zip(paths, lars_jax.masks.resolve(demo.EXCLUDE, params)) if a}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +71,7 @@ def test_quick_logs_trust_ratios_of_adapted_kernels_only(quick_run):
   # Biases and batch-norm parameters are neither decayed nor adapted: no ratio logged.
   assert names and all(n.endswith("/kernel") for n in names)
   assert not any("BatchNorm" in n or n.endswith("bias") for n in names)
+  assert names == _adapted_paths(_init_params())  # every adapted layer, in a Python dict
   for values in run.trust_ratios.values():
     v = np.asarray(values)
     assert v.shape == (run.steps,)
@@ -85,6 +102,18 @@ def test_logged_first_step_ratios_match_a_direct_computation(quick_run):
     return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y[perm])).mean()
 
   grads = jax.grad(loss_fn)(variables["params"])
+  # The logged numbers are lars_jax.layer_diagnostics' ratios for the recipe's settings.
+  diag = lars_jax.layer_diagnostics(
+    variables["params"],
+    grads,
+    weight_decay=wd,
+    weight_decay_mask=demo.EXCLUDE,
+    trust_coefficient=eta,
+    trust_ratio_mask=demo.EXCLUDE,
+  )
+  assert set(run.trust_ratios) == _adapted_paths(variables["params"])
+  for path, values in run.trust_ratios.items():
+    np.testing.assert_allclose(values[0], float(diag[f"trust_ratio/{path}"]), rtol=1e-4)
   for path in ("Conv_0/kernel", "Dense_0/kernel", "ResidualBlock_1/Conv_2/kernel"):
     node_w, node_g = variables["params"], grads
     for k in path.split("/"):
@@ -98,7 +127,8 @@ def test_logged_first_step_ratios_match_a_direct_computation(quick_run):
     np.testing.assert_allclose(run.trust_ratios[path][0], eta / wd, rtol=1e-5, err_msg=path)
 
 
-def test_layer_stats_hand_values_and_guards():
+def test_trust_ratio_diagnostics_filters_layer_diagnostics_to_adapted_layers():
+  import jax
   import jax.numpy as jnp
 
   params = {
@@ -111,21 +141,28 @@ def test_layer_stats_hand_values_and_guards():
     "Zero_0": {"kernel": jnp.ones(3)},
     "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
   }
-  updates = {
-    "Conv_0": {"kernel": jnp.array([-0.3, -0.4])},
-    "Zero_0": {"kernel": jnp.ones(3)},
-    "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
-  }
   recipe = demo.Recipe("lars", 1.0, weight_decay=0.1, trust_coefficient=0.01)
-  stats = {k: float(v) for k, v in demo.layer_stats(params, grads, recipe, updates).items()}
+  got = jax.jit(demo.trust_ratio_diagnostics(recipe))(params, grads)
+  full = jax.jit(
+    lambda p, g: lars_jax.layer_diagnostics(
+      p,
+      g,
+      weight_decay=0.1,
+      weight_decay_mask=demo.EXCLUDE,
+      trust_coefficient=0.01,
+      trust_ratio_mask=demo.EXCLUDE,
+    )
+  )(params, grads)
+  # Exactly the trust_ratio entries of the adapted leaves, with the library's values.
+  assert sorted(got) == ["trust_ratio/Conv_0/kernel", "trust_ratio/Zero_0/kernel"]
+  assert {k: float(v) for k, v in got.items()} == {k: float(full[k]) for k in got}
+  # layer_diagnostics reports 1 for the excluded leaves; the filter drops them.
+  assert float(full["trust_ratio/BatchNorm_0/scale"]) == 1.0
   u = np.array([0.3, 1.4])  # g + 0.1 w
-  np.testing.assert_allclose(stats["decayed_grad_norm/Conv_0/kernel"], np.linalg.norm(u), 1e-6)
-  np.testing.assert_allclose(stats["trust_ratio/Conv_0/kernel"], 0.05 / np.linalg.norm(u), 1e-6)
-  np.testing.assert_allclose(stats["update_ratio/Conv_0/kernel"], 0.1, 1e-6)
-  assert stats["trust_ratio/Zero_0/kernel"] == 1.0
-  assert stats["update_ratio/Zero_0/kernel"] == 0.0
-  assert not any("BatchNorm" in k for k in stats)
-  assert len(stats) == 6 * 2
+  np.testing.assert_allclose(
+    float(got["trust_ratio/Conv_0/kernel"]), 0.05 / np.linalg.norm(u), 1e-6
+  )
+  assert float(got["trust_ratio/Zero_0/kernel"]) == 1.0
 
 
 def test_schedule_warms_up_then_decays_to_zero():
