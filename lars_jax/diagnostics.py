@@ -10,7 +10,7 @@ reports is the one `lars_jax.lars` applies.
 Logging every N steps inside ``jit`` needs no ``lax.cond``: give the train step a
 static flag and call the variant that also returns the diagnostics every N steps
 (two compilations, no cost on the other steps), or compute them in a separate jitted
-function of ``(params, grads)``. See ``docs/flax.md``.
+function of ``(params, grads)``. See the README section "With Flax".
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the tests here assert on those lines and on the exit code.
 What the checks compare (see tests/distributed/*.py): every step of a sharded run (params
 and momentum) against a float64 NumPy LARS reference on one device and the whole batch,
 rtol 1e-5; the shardings of params and optimizer state; one all-reduce for all layer
-norms in the compiled HLO; and the code of docs/pods.md.
+norms in the compiled HLO; and the code of the README's 'Training on pods'.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def test_multi_process():
   assert proc.returncode == 0, proc.stdout[-6000:]
 
 
-def test_docs_pods_runs():
-  """The code blocks of docs/pods.md (the README's 'Training on pods') run as written."""
+def test_readme_pods_section_runs():
+  """The code blocks of the README's 'Training on pods' run as written (8 devices)."""
   proc = _run("doc_pods.py")
   _outcome(proc, "doc_pods block 1")
   _outcome(proc, "doc_pods block 2")

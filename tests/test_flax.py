@@ -293,18 +293,16 @@ def _at(tree, path):
   return tree
 
 
-def test_docs_flax_md_runs(tmp_path, monkeypatch):
-  """The code blocks of docs/flax.md (the README's Flax section) run as written."""
-  import pathlib
-  import re
+def test_readme_flax_section_runs(tmp_path, monkeypatch):
+  """The code blocks of the README's 'With Flax' section run as written."""
+  from readme_blocks import python_blocks  # tests/readme_blocks.py
 
-  doc = pathlib.Path(__file__).parent.parent / "docs" / "flax.md"
-  blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+  blocks = python_blocks("With Flax")
   assert len(blocks) == 6
   monkeypatch.chdir(tmp_path)
   ns: dict = {}
   for i, block in enumerate(blocks):
-    exec(compile(block, f"docs/flax.md block {i}", "exec"), ns)
+    exec(compile(block, f"README.md With Flax block {i}", "exec"), ns)
   rows = (tmp_path / "diagnostics.csv").read_text().splitlines()
   assert len(rows) == 1 + 5 and rows[0].startswith("step,loss,decayed_grad_norm/")
   assert int(ns["state"].step) == 20

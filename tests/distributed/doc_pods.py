@@ -1,4 +1,4 @@
-"""Runs the Python code blocks of docs/pods.md, in order, in one namespace (8 devices).
+"""Runs the Python code blocks of the README's 'Training on pods', in order, in one namespace.
 
 `XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/distributed/doc_pods.py`
 prints the doc's own output, then `PASS doc_pods`. A failing block exits non-zero with
@@ -9,25 +9,24 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
 import sys
 import types
 
 if __name__ == "__main__":
   os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "pods.md"
-
-
-def blocks(text: str) -> list[str]:
-  return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+TESTS = pathlib.Path(__file__).resolve().parents[1]
+DOC = TESTS.parent / "README.md"
 
 
 def main() -> int:
   import _common as C
 
   C.require_devices(8)
-  code = blocks(DOC.read_text())
+  sys.path.insert(0, str(TESTS))
+  from readme_blocks import python_blocks
+
+  code = python_blocks("Training on pods")
   if len(code) < 2:
     raise SystemExit(f"expected the pjit and shard_map blocks in {DOC}, found {len(code)}")
   module = types.ModuleType("pods_doc")  # flax dataclasses look their module up
