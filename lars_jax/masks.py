@@ -210,13 +210,15 @@ def any_of(*masks: Mask) -> Callable[[Any], Any]:
   return _combine(masks, lambda a, b: a or b, "any_of")
 
 
-def resolve(mask: Mask, tree: Any, *, arg: str = "mask") -> list[bool]:
+def resolve(mask: Mask, tree: Any, *, arg: str = "mask", where: str = "") -> list[bool]:
   """Resolves any accepted mask form against `tree`; one Python bool per leaf.
 
   Args:
     mask: None, a bool, a bool pytree (or prefix) or a callable returning one.
     tree: the params (or updates) the mask is for.
     arg: the argument name used in error messages.
+    where: appended to `arg` in error messages, e.g. the transformation and the
+      factory argument the mask came from.
 
   Returns:
     A list of Python bools aligned with ``jax.tree.leaves(tree)``.
@@ -236,7 +238,7 @@ def resolve(mask: Mask, tree: Any, *, arg: str = "mask") -> list[bool]:
     )
   except (ValueError, TypeError) as e:
     raise ValueError(
-      f"`{arg}` does not match the parameter tree: a mask must have the params' "
+      f"`{arg}`{where} does not match the parameter tree: a mask must have the params' "
       f"structure, or be a prefix of it, with a Python bool at each leaf. "
       f"Mask structure: {jax.tree.structure(mask)}; params structure: {treedef}. "
       f"({e})"
@@ -245,9 +247,11 @@ def resolve(mask: Mask, tree: Any, *, arg: str = "mask") -> list[bool]:
   for b in bits:
     if isinstance(b, jax.core.Tracer) or not isinstance(b, (bool, np.bool_)):
       raise TypeError(
-        f"`{arg}` must hold Python bools (static under jit), got {type(b).__name__} "
+        f"`{arg}`{where} must hold Python bools (static under jit), got {type(b).__name__} "
         f"{b!r}. Build masks from names, shapes and dtypes, not from values."
       )
   if len(bits) != len(leaves):
-    raise ValueError(f"`{arg}` resolves to {len(bits)} leaves but the params have {len(leaves)}.")
+    raise ValueError(
+      f"`{arg}`{where} resolves to {len(bits)} leaves but the params have {len(leaves)}."
+    )
   return [bool(b) for b in bits]

@@ -171,6 +171,9 @@ def keras_clip(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+_SUM_NORMS_WHERE = " of scale_by_sum_norms_trust_ratio (`weight_decay_mask` in torch_lars)"
+
+
 def _sum_norms_rewrite(
   name: str,
   updates: Any,
@@ -185,12 +188,9 @@ def _sum_norms_rewrite(
   clip_lr: Any = None,
 ) -> Any:
   """Shared by Flash and LARC: d = a (g + wd w) where adapted, else g untouched."""
-  if params is None:
-    raise _checks.no_params_error(name)
-  g_leaves, treedef = jax.tree.flatten(updates)
-  p_leaves = transforms.flatten_like(params, treedef, "params", name)
-  _checks.check_float_leaves(name, params)
-  bits = masks_lib.resolve(mask, params, arg="mask")
+  g_leaves, p_leaves, treedef, bits = transforms.flat_update_args(
+    name, updates, params, mask, _SUM_NORMS_WHERE
+  )
   idx = [i for i, b in enumerate(bits) if b]
   if not idx:
     return updates
@@ -270,7 +270,7 @@ def scale_by_sum_norms_trust_ratio(
   def init_fn(params):
     _checks.check_float_leaves(name, params)
     if jax.tree.leaves(params):  # not optax.tree_map_params' leafless placeholder
-      masks_lib.resolve(mask, params, arg="mask")
+      masks_lib.resolve(mask, params, arg="mask", where=_SUM_NORMS_WHERE)
       transforms.leaf_axes(axis_name, params)
     if counted:
       return ScaleBySumNormsTrustRatioState(count=jnp.zeros([], jnp.int32))

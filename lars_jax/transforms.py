@@ -88,6 +88,25 @@ def flatten_like(tree: Any, treedef: Any, what: str, transform: str) -> list[Any
     ) from None
 
 
+def flat_update_args(
+  name: str, updates: Any, params: Any, mask: masks_lib.Mask, where: str = ""
+) -> tuple[list[Any], list[Any], Any, list[bool]]:
+  """What a masked, params-reading transform checks first in `update`.
+
+  Returns the update leaves, the param leaves aligned with them, the updates'
+  treedef and the resolved mask (one bool per leaf); raises if `params` is missing,
+  does not match `updates`, holds non-float leaves, or `mask` does not fit.
+  `where` names, in mask errors, the factory argument the mask came from.
+  """
+  if params is None:
+    raise _checks.no_params_error(name)
+  u_leaves, treedef = jax.tree.flatten(updates)
+  p_leaves = flatten_like(params, treedef, "params", name)
+  _checks.check_float_leaves(name, params)
+  bits = masks_lib.resolve(mask, params, arg="mask", where=where)
+  return u_leaves, p_leaves, treedef, bits
+
+
 def _is_axis_leaf(x: Any) -> bool:
   return (
     x is None
@@ -348,6 +367,7 @@ def add_decayed_weights(
     (Array([0.1, 0.2], dtype=float32), Array([1.], dtype=float32))
   """
   name = "add_decayed_weights"
+  where = " of add_decayed_weights (`weight_decay_mask` in lars)"
   _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable weight decay.")
   is_schedule = callable(weight_decay)
   is_python_zero = (
@@ -357,7 +377,7 @@ def add_decayed_weights(
   def init_fn(params):
     _checks.check_float_leaves(name, params)
     if jax.tree.leaves(params):  # not optax.tree_map_params' leafless placeholder
-      masks_lib.resolve(mask, params, arg="mask")
+      masks_lib.resolve(mask, params, arg="mask", where=where)
     if is_schedule:
       return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32))
     return optax.EmptyState()
@@ -366,12 +386,7 @@ def add_decayed_weights(
     del extra_args
     if is_python_zero:
       return updates, state
-    if params is None:
-      raise _checks.no_params_error(name)
-    u_leaves, treedef = jax.tree.flatten(updates)
-    p_leaves = flatten_like(params, treedef, "params", name)
-    _checks.check_float_leaves(name, params)
-    bits = masks_lib.resolve(mask, params, arg="mask")
+    u_leaves, p_leaves, treedef, bits = flat_update_args(name, updates, params, mask, where)
     if is_schedule:
       wd = weight_decay(state.count)
       state = AddDecayedWeightsState(count=optax.safe_increment(state.count))
@@ -442,6 +457,7 @@ def scale_by_trust_ratio(
     Array([0.005, 0.005], dtype=float32)
   """
   name = "scale_by_trust_ratio"
+  where = " of scale_by_trust_ratio (`trust_ratio_mask` in lars)"
   _checks.check_scalar("trust_coefficient", trust_coefficient)
   _checks.check_scalar(
     "eps", eps, fix="eps is added to the update norm; use 0.0 or a small positive value."
@@ -450,18 +466,13 @@ def scale_by_trust_ratio(
   def init_fn(params):
     _checks.check_float_leaves(name, params)
     if jax.tree.leaves(params):  # not optax.tree_map_params' leafless placeholder
-      masks_lib.resolve(mask, params, arg="mask")
+      masks_lib.resolve(mask, params, arg="mask", where=where)
       leaf_axes(axis_name, params)
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise _checks.no_params_error(name)
-    u_leaves, treedef = jax.tree.flatten(updates)
-    p_leaves = flatten_like(params, treedef, "params", name)
-    _checks.check_float_leaves(name, params)
-    bits = masks_lib.resolve(mask, params, arg="mask")
+    u_leaves, p_leaves, treedef, bits = flat_update_args(name, updates, params, mask, where)
     idx = [i for i, b in enumerate(bits) if b]
     if not idx:
       return updates, state

@@ -260,3 +260,14 @@ def test_docstring_example_lowers_the_loss():
   assert len(shown) == 5
   assert all(a > b for a, b in zip(shown, shown[1:]))
   assert shown[-1] < shown[0] / 100
+
+
+def test_mask_errors_name_the_lars_argument():
+  """A mask that does not fit names the `lars` keyword it came from, not only `mask`."""
+  params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+  with pytest.raises(ValueError, match=r"`weight_decay_mask` in lars\) does not match"):
+    lars_jax.lars(1.0, weight_decay=0.1, weight_decay_mask={"w": True, "x": False}).init(params)
+  with pytest.raises(ValueError, match=r"`trust_ratio_mask` in lars\) does not match"):
+    lars_jax.lars(1.0, trust_ratio_mask=[True]).init(params)
+  with pytest.raises(TypeError, match=r"`trust_ratio_mask` in lars\) must hold Python bools"):
+    lars_jax.lars(1.0, trust_ratio_mask={"w": 1, "b": 0}).init(params)

@@ -693,6 +693,6 @@ def test_bad_use_at_update():
   tx = lars_jax.keras_clip(clipvalue=1.0)
   with pytest.raises(TypeError, match="clipvalue"):
     tx.update({"w": jnp.ones(2, jnp.complex64)}, tx.init(None))
-  with pytest.raises(ValueError, match="weight_decay_mask|mask"):
+  with pytest.raises(ValueError, match=r"`weight_decay_mask` in torch_lars\) does not match"):
     tx = lars_jax.torch_lars(0.1, weight_decay=1e-2, weight_decay_mask={"w": True})
     tx.init(p)
