@@ -128,9 +128,10 @@ def test_no_links_to_missing_files():
   missing = [t for t in targets if not (ROOT / t).exists()]
   assert not missing, f"README links to missing files: {missing}"
   anchors = re.findall(r"\]\(#([^)]+)\)", text)
+  prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)  # '# comments' are no headings
   headings = {
     re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
-    for h in re.findall(r"^#+ (.+)$", text, flags=re.M)
+    for h in re.findall(r"^#+ (.+)$", prose, flags=re.M)
   }
   assert not [a for a in anchors if a not in headings], sorted(set(anchors) - headings)
 
