@@ -17,6 +17,12 @@ entries give their index (``layers/0/kernel``). A Flax NNX ``Variable`` (``nnx.P
 adds no component: ``nnx.state(model, nnx.Param)`` gives ``layers/0/kernel``, not
 ``layers/0/kernel/value``.
 
+Inside ``optax.masked``, ``optax.multi_transform`` or ``optax.partition`` the inner
+transformation sees the whole tree with ``optax.MaskedNode()`` in place of the other
+partitions' leaves. The name builders count those paths when they check that every
+pattern matches something, so ``exclude_names('bias')`` works in a partition that
+holds no bias; the mask itself covers only the partition's own leaves.
+
 Example:
   >>> import jax.numpy as jnp
   >>> from lars_jax import masks
@@ -37,6 +43,7 @@ from typing import Any, Literal
 
 import jax
 import numpy as np
+import optax
 
 Mask = Any  # bool | pytree of bools (or a prefix) | Callable[[params], pytree]
 MatchMode = Literal["search", "fullmatch"]
@@ -44,6 +51,7 @@ MatchMode = Literal["search", "fullmatch"]
 __all__ = [
   "path_str",
   "tree_paths",
+  "compile_patterns",
   "exclude_names",
   "only_names",
   "min_ndim",
@@ -80,12 +88,36 @@ def _is_nnx_variable(x: Any) -> bool:
   return variable is not None and isinstance(x, variable)
 
 
+def _is_path_leaf(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode) or _is_nnx_variable(x)
+
+
+def _paths(tree: Any) -> tuple[list[str], list[str], list[str]]:
+  """Path strings of `tree`'s leaves, of its ``optax.MaskedNode`` placeholders, of both.
+
+  The first list has one path per leaf of ``jax.tree.leaves(tree)`` (an NNX
+  Variable's ``value`` key is dropped); the second names the leaves that
+  ``optax.masked`` replaced by ``MaskedNode()`` (other partitions' parameters); the
+  third has all of them in tree order.
+  """
+  leaves: list[str] = []
+  masked: list[str] = []
+  every: list[str] = []
+  for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_path_leaf)[0]:
+    p = path_str(path)
+    if isinstance(node, optax.MaskedNode):
+      masked.append(p)
+      every.append(p)
+    else:
+      n = len(jax.tree.leaves(node))
+      leaves.extend([p] * n)
+      every.extend([p] * n)
+  return leaves, masked, every
+
+
 def _leaf_paths(tree: Any) -> list[str]:
   """One path string per leaf of `tree` (an NNX Variable's ``value`` key is dropped)."""
-  out: list[str] = []
-  for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_nnx_variable)[0]:
-    out.extend([path_str(path)] * len(jax.tree.leaves(node)))
-  return out
+  return _paths(tree)[0]
 
 
 def tree_paths(tree: Any) -> Any:
@@ -98,7 +130,16 @@ def tree_paths(tree: Any) -> Any:
   return jax.tree.unflatten(jax.tree.structure(tree), _leaf_paths(tree))
 
 
-def _compile(patterns: Sequence[str], arg: str) -> list[re.Pattern[str]]:
+def compile_patterns(patterns: str | Sequence[str], arg: str) -> list[re.Pattern[str]]:
+  """Compiles regular expressions, naming `arg` when one is not a string or not valid.
+
+  Args:
+    patterns: one pattern or a sequence of them.
+    arg: the argument the patterns came from, for error messages.
+
+  Returns:
+    The compiled patterns, in order.
+  """
   if isinstance(patterns, str):
     patterns = [patterns]
   compiled = []
@@ -112,30 +153,44 @@ def _compile(patterns: Sequence[str], arg: str) -> list[re.Pattern[str]]:
   return compiled
 
 
+def _masked_note(masked: list[str]) -> str:
+  if not masked:
+    return ""
+  return (
+    " Paths of other partitions (optax.MaskedNode) count as matches, but an optax.masked "
+    "mask that is a prefix of the params (`{'backbone': False, ...}`) replaces a whole "
+    "subtree with one MaskedNode and hides the paths below it; give optax.masked a "
+    "per-leaf mask there, e.g. `masks.only_names('^head/')`."
+  )
+
+
 def _name_mask(
   patterns: Sequence[str], match: MatchMode, keep_matches: bool, what: str
 ) -> Callable[[Any], Any]:
   if match not in ("search", "fullmatch"):
     raise ValueError(f"`match` must be 'search' or 'fullmatch', got {match!r}.")
-  compiled = _compile(patterns, what)
+  compiled = compile_patterns(patterns, what)
+
+  name = f"{what}({', '.join(repr(r.pattern) for r in compiled)})"
 
   def mask_fn(params: Any) -> Any:
     treedef = jax.tree.structure(params)
-    names = _leaf_paths(params)
+    names, masked, every = _paths(params)
     hits = [[bool(getattr(r, match)(n)) for r in compiled] for n in names]
+    # A pattern that matches only other partitions' leaves (MaskedNode) is not a typo.
     for j, r in enumerate(compiled):
-      if names and not any(h[j] for h in hits):
-        examples = ", ".join(repr(n) for n in names[:6])
-        more = f" (and {len(names) - 6} more)" if len(names) > 6 else ""
+      if every and not any(h[j] for h in hits) and not any(getattr(r, match)(n) for n in masked):
+        examples = ", ".join(repr(n) for n in every[:6])
+        more = f" (and {len(every) - 6} more)" if len(every) > 6 else ""
         raise ValueError(
           f"{what}: pattern {r.pattern!r} matches no parameter "
           f"(re.{match} over '/'-joined paths). Parameter paths look like: "
-          f"{examples}{more}."
+          f"{examples}{more}.{_masked_note(masked)}"
         )
     values = [any(h) == keep_matches for h in hits]
     return jax.tree_util.tree_unflatten(treedef, values)
 
-  mask_fn.__name__ = f"{what}({', '.join(repr(r.pattern) for r in compiled)})"
+  mask_fn.__name__ = name
   return mask_fn
 
 
@@ -197,6 +252,7 @@ def _combine(masks: Sequence[Mask], op: Callable[[bool, bool], bool], name: str)
       out = bits if out is None else [op(a, b) for a, b in zip(out, bits)]
     return jax.tree_util.tree_unflatten(treedef, out if leaves else [])
 
+  mask_fn.__name__ = name
   return mask_fn
 
 

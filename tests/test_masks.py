@@ -332,3 +332,137 @@ def test_callable_masks_in_multisteps():
   mean = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
   expected, _ = inner.update(mean, inner.init(params), params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), u1, expected)
+
+
+# ----------------------------------------------------------------------------
+# Name masks inside partitions (optax.masked / multi_transform / partition)
+
+
+def _backbone_and_head():
+  """A frozen-backbone layout: every bias is in the backbone, the head holds none."""
+  return {
+    "backbone": {
+      "conv": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.full(4, 0.5)},
+      "bn": {"scale": jnp.ones(4), "bias": jnp.zeros(4)},
+    },
+    "head": {"kernel": jnp.linspace(-1.0, 1.0, 8).reshape(4, 2), "scale": jnp.ones(2)},
+  }
+
+
+def _head_lars(weight_decay_mask, trust_ratio_mask):
+  return lars_jax.lars(
+    0.5,
+    weight_decay=0.1,
+    trust_coefficient=0.01,
+    weight_decay_mask=weight_decay_mask,
+    trust_ratio_mask=trust_ratio_mask,
+  )
+
+
+# The same masks written out by hand, over the whole tree (the backbone entries are ignored
+# inside a partition): decay every head leaf, adapt only the head kernel.
+_HEAD_BOOL_MASKS = (
+  {"backbone": False, "head": {"kernel": True, "scale": True}},
+  {"backbone": False, "head": {"kernel": True, "scale": False}},
+)
+# By name: 'bias' matches only backbone (masked-out) leaves in the head's partition.
+_HEAD_NAME_MASKS = (
+  masks.exclude_names("bias"),
+  masks.all_of(masks.exclude_names("bias"), masks.only_names("kernel"), masks.min_ndim(2)),
+)
+_BACKBONE_BOOL_MASKS = (
+  {"backbone": {"conv": {"kernel": True, "bias": False}, "bn": False}, "head": False},
+  {"backbone": {"conv": {"kernel": True, "bias": False}, "bn": False}, "head": False},
+)
+_BACKBONE_NAME_MASKS = (masks.exclude_names("bias", "bn/"), masks.min_ndim(2))
+
+
+def _labels(params):
+  return jax.tree_util.tree_map_with_path(lambda path, _: path[0].key, params)
+
+
+def _wrapped(wrapper, by_name):
+  """`wrapper` around LARS partitions whose masks are given by name or as bools."""
+  head = _head_lars(*(_HEAD_NAME_MASKS if by_name else _HEAD_BOOL_MASKS))
+  if wrapper == "masked":  # a per-leaf mask keeps the backbone's paths (see the next test)
+    return optax.masked(head, masks.only_names("^head/"))
+  wd_mask, tr_mask = _BACKBONE_NAME_MASKS if by_name else _BACKBONE_BOOL_MASKS
+  backbone = lars_jax.lars(
+    0.1,
+    weight_decay=0.2,
+    trust_coefficient=0.02,
+    weight_decay_mask=wd_mask,
+    trust_ratio_mask=tr_mask,
+  )
+  factory = getattr(optax, wrapper)
+  return factory({"backbone": backbone, "head": head}, _labels)
+
+
+@pytest.mark.parametrize(
+  "wrapper",
+  ["masked", "multi_transform"] + (["partition"] if hasattr(optax, "partition") else []),
+)
+def test_name_masks_inside_partitions_equal_bool_masks(wrapper):
+  params = _backbone_and_head()
+  by_name, by_bool = _wrapped(wrapper, True), _wrapped(wrapper, False)
+  p1 = p2 = params
+  s1, s2 = by_name.init(params), by_bool.init(params)
+  step1, step2 = jax.jit(by_name.update), jax.jit(by_bool.update)
+  for i in range(3):
+    u1, s1 = step1(_grads(p1, i), s1, p1)
+    u2, s2 = step2(_grads(p2, i), s2, p2)
+    jax.tree.map(np.testing.assert_array_equal, u1, u2)
+    if i == 0:  # the masks took effect: head/scale is decayed but not adapted
+      g, w = _grads(params, 0)["head"]["scale"], params["head"]["scale"]
+      np.testing.assert_allclose(u1["head"]["scale"], -0.5 * (g + 0.1 * w), rtol=1e-6)
+    p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+
+
+def test_name_mask_on_a_tree_with_masked_nodes():
+  tree = _backbone_and_head()
+  tree["backbone"] = jax.tree.map(lambda _: optax.MaskedNode(), tree["backbone"])
+  # Only the partition's own leaves get a value; the placeholders stay in place.
+  assert masks.exclude_names("bias")(tree) == {
+    "backbone": {
+      "bn": {"bias": optax.MaskedNode(), "scale": optax.MaskedNode()},
+      "conv": {"bias": optax.MaskedNode(), "kernel": optax.MaskedNode()},
+    },
+    "head": {"kernel": True, "scale": True},
+  }
+  assert masks.resolve(masks.only_names("kernel"), tree) == [True, False]
+  assert masks.resolve(masks.any_of(masks.only_names("conv/"), masks.min_ndim(2)), tree) == [
+    True,
+    False,
+  ]
+  assert masks.tree_paths(tree)["head"] == {"kernel": "head/kernel", "scale": "head/scale"}
+
+
+def test_typo_in_a_partition_is_still_an_error():
+  # 'bais' matches nothing, even counting the other partition's (masked-out) paths.
+  head = _head_lars(masks.exclude_names("bais"), True)
+  tx = optax.multi_transform({"backbone": optax.set_to_zero(), "head": head}, _labels)
+  with pytest.raises(ValueError, match=r"pattern 'bais' matches no parameter") as e:
+    tx.init(_backbone_and_head())
+  # The paths shown include the other partitions', where the user's names live.
+  assert "'backbone/conv/bias'" in str(e.value) and "'head/kernel'" in str(e.value)
+
+
+def test_prefix_mask_of_optax_masked_hides_paths_and_the_error_says_so():
+  # A prefix mask puts one MaskedNode where the whole backbone was: 'bias' is nowhere.
+  tx = optax.masked(
+    _head_lars(masks.exclude_names("bias"), True), {"backbone": False, "head": True}
+  )
+  with pytest.raises(ValueError, match=r"'bias' matches no parameter.*'backbone', ") as e:
+    tx.init(_backbone_and_head())
+  assert "per-leaf mask" in str(e.value) and "masks.only_names('^head/')" in str(e.value)
+
+
+def test_typo_in_top_level_lars_is_still_an_error():
+  tx = lars_jax.lars(0.1, weight_decay=1e-4, weight_decay_mask=masks.exclude_names("bais"))
+  with pytest.raises(
+    ValueError,
+    match=r"exclude_names: pattern 'bais' matches no parameter \(re.search over '/'-joined "
+    r"paths\). Parameter paths look like: 'backbone/bn/bias', ",
+  ) as e:
+    tx.init(_backbone_and_head())
+  assert "MaskedNode" not in str(e.value)  # no partition, no note about partitions
