@@ -23,6 +23,12 @@ partitions' leaves. The name builders count those paths when they check that eve
 pattern matches something, so ``exclude_names('bias')`` works in a partition that
 holds no bias; the mask itself covers only the partition's own leaves.
 
+``optax.inject_hyperparams`` calls every callable argument that is not in its
+``static_args`` as a schedule, on the step counter. Every builder here raises a
+``TypeError`` saying so when called on a step counter; pass masks in ``static_args``:
+``optax.inject_hyperparams(lars_jax.lars, static_args=('weight_decay_mask',
+'trust_ratio_mask'))(...)``.
+
 Example:
   >>> import jax.numpy as jnp
   >>> from lars_jax import masks
@@ -120,6 +126,28 @@ def _leaf_paths(tree: Any) -> list[str]:
   return _paths(tree)[0]
 
 
+def _is_step_counter(x: Any) -> bool:
+  """True for what `optax.inject_hyperparams` passes a schedule: a scalar integer."""
+  if isinstance(x, (bool, np.bool_)):
+    return False
+  if isinstance(x, (int, np.integer)):
+    return True
+  dtype = getattr(x, "dtype", None)
+  return getattr(x, "shape", None) == () and dtype is not None and np.issubdtype(dtype, np.integer)
+
+
+def _check_params(params: Any, name: str) -> None:
+  if _is_step_counter(params):
+    raise TypeError(
+      f"{name}: this mask was called with a step counter ({params!r}), not a params tree: "
+      "probably by optax.inject_hyperparams, which calls every callable argument that is "
+      "not in its `static_args` as a schedule of the step. Name the mask arguments in "
+      "`static_args`, e.g. `optax.inject_hyperparams(lars_jax.lars, "
+      "static_args=('weight_decay_mask', 'trust_ratio_mask'))(...)`, or "
+      "`static_args='mask'` for add_decayed_weights and scale_by_trust_ratio."
+    )
+
+
 def tree_paths(tree: Any) -> Any:
   """Returns a pytree with the structure of `tree` whose leaves are path strings.
 
@@ -174,6 +202,7 @@ def _name_mask(
   name = f"{what}({', '.join(repr(r.pattern) for r in compiled)})"
 
   def mask_fn(params: Any) -> Any:
+    _check_params(params, name)
     treedef = jax.tree.structure(params)
     names, masked, every = _paths(params)
     hits = [[bool(getattr(r, match)(n)) for r in compiled] for n in names]
@@ -232,6 +261,7 @@ def min_ndim(n: int = 2) -> Callable[[Any], Any]:
     raise ValueError(f"`n` must be a non-negative int, got {n!r}.")
 
   def mask_fn(params: Any) -> Any:
+    _check_params(params, mask_fn.__name__)
     return jax.tree.map(
       lambda x: np.ndim(x) >= n if not hasattr(x, "ndim") else x.ndim >= n, params
     )
@@ -245,6 +275,7 @@ def _combine(masks: Sequence[Mask], op: Callable[[bool, bool], bool], name: str)
     raise ValueError(f"{name} needs at least one mask.")
 
   def mask_fn(params: Any) -> Any:
+    _check_params(params, name)
     leaves, treedef = jax.tree.flatten(params)
     out = None
     for m in masks:

@@ -466,3 +466,103 @@ def test_typo_in_top_level_lars_is_still_an_error():
   ) as e:
     tx.init(_backbone_and_head())
   assert "MaskedNode" not in str(e.value)  # no partition, no note about partitions
+
+
+# ----------------------------------------------------------------------------
+# Masks called on a step counter (optax.inject_hyperparams without static_args)
+
+_BUILT_MASKS = [
+  masks.exclude_names("bias"),
+  masks.only_names("kernel", match="search"),
+  masks.min_ndim(2),
+  masks.all_of({"bn": False, "conv": True, "head": True}),  # not even a callable inside
+  masks.any_of(False, masks.min_ndim(2)),
+]
+
+
+@pytest.mark.parametrize("mask", _BUILT_MASKS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+  "count", [jnp.zeros([], jnp.int32), 7, np.int64(3), np.array(2, np.uint8)], ids=type
+)
+def test_every_builder_rejects_a_step_counter(mask, count):
+  with pytest.raises(
+    TypeError, match=r"called with a step counter.*inject_hyperparams.*static_args"
+  ):
+    mask(count)
+  with pytest.raises(TypeError, match="step counter"):  # traced, as in inject's update
+    jax.jit(mask)(jnp.asarray(count))
+
+
+def test_builders_accept_scalar_float_params():
+  # A one-leaf params tree is a scalar too; only an integer scalar is a step counter.
+  w = jnp.array(2.0)
+  assert masks.min_ndim(0)(w) is True
+  assert masks.exclude_names("bias")({"bias": w, "w": w}) == {"bias": False, "w": True}
+  assert masks.all_of(True)(w) is True
+
+
+_KW = dict(weight_decay=0.1, trust_coefficient=0.05)
+_WD, _TR = masks.exclude_names("bias", "bn/"), masks.min_ndim(2)
+
+# (factory, its other kwargs) for every public factory with a mask argument.
+_MASKED_FACTORIES = [
+  (lars_jax.lars, dict(learning_rate=0.5, momentum=0.9, **_KW)),
+  (lars_jax.add_decayed_weights, dict(weight_decay=0.1)),
+  (lars_jax.scale_by_trust_ratio, dict(trust_coefficient=0.05)),
+  (lars_jax.scale_by_sum_norms_trust_ratio, dict(**_KW)),
+  (lars_jax.torch_lars, dict(learning_rate=0.5, momentum=0.9, **_KW)),
+]
+
+
+def _mask_kwargs(factory):
+  if factory is lars_jax.lars:
+    return dict(weight_decay_mask=_WD, trust_ratio_mask=_TR)
+  if factory is lars_jax.torch_lars:
+    return dict(weight_decay_mask=_WD)
+  return dict(mask=_WD)
+
+
+def _same_steps(tx1, tx2, params, steps=3):
+  p1 = p2 = params
+  s1, s2 = tx1.init(params), tx2.init(params)
+  step1, step2 = jax.jit(tx1.update), jax.jit(tx2.update)
+  for i in range(steps):
+    u1, s1 = step1(_grads(p1, i), s1, p1)
+    u2, s2 = step2(_grads(p2, i), s2, p2)
+    jax.tree.map(np.testing.assert_array_equal, u1, u2)
+    p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+
+
+@pytest.mark.parametrize(
+  "factory, kwargs", _MASKED_FACTORIES, ids=lambda x: getattr(x, "__name__", "")
+)
+def test_factories_under_inject_hyperparams(factory, kwargs):
+  params, mask_kwargs = _cnn(), _mask_kwargs(factory)
+  # Without static_args inject calls the masks as schedules, on the step counter.
+  with pytest.raises(TypeError, match=r"step counter.*static_args="):
+    optax.inject_hyperparams(factory)(**kwargs, **mask_kwargs).init(params)
+  # With them, the same numbers as the plain factory.
+  injected = optax.inject_hyperparams(factory, static_args=tuple(mask_kwargs))(
+    **kwargs, **mask_kwargs
+  )
+  _same_steps(factory(**kwargs, **mask_kwargs), injected, params)
+  # ... and the masks took effect: bn/scale moves differently than with no mask.
+  unmasked = factory(**kwargs)
+  u_all, _ = unmasked.update(_grads(params, 0), unmasked.init(params), params)
+  u_one, _ = injected.update(_grads(params, 0), injected.init(params), params)
+  assert not np.allclose(u_all["bn"]["scale"], u_one["bn"]["scale"])
+
+
+def test_tf_lars_and_larc_under_inject_hyperparams_need_no_static_args():
+  # tf_lars takes pattern lists and larc an inner optimizer: inject keeps both as they are.
+  params = _cnn()
+  kw = dict(learning_rate=0.5, weight_decay_rate=0.1, eeta=0.05)
+  tf = dict(exclude_from_weight_decay=["bias", "bn/"], exclude_from_layer_adaptation=["bn/"])
+  _same_steps(
+    lars_jax.tf_lars(**kw, **tf), optax.inject_hyperparams(lars_jax.tf_lars)(**kw, **tf), params
+  )
+  inner = lars_jax.lars(0.5, weight_decay_mask=_WD, trust_ratio_mask=_TR)
+  kw = dict(learning_rate=0.5, weight_decay=0.1)
+  _same_steps(
+    lars_jax.larc(inner, **kw), optax.inject_hyperparams(lars_jax.larc)(inner, **kw), params
+  )
