@@ -1,66 +1,44 @@
 """Typed optimizer configs that live in YAML and build optax transformations.
 
-Two configs, validated by pydantic when created (so a bad experiment file fails before
-a pod job starts, with an error naming the field):
-
-* `LARSConfig`: TensorFlow Model Garden's ``LARSConfig`` (same fields, defaults and
-  ``ParamsDict`` methods: ``override``, ``lock``, ``validate``, ``as_dict``); ``build``
-  gives `lars_jax.tf_lars`.
-* `OptimizerConfig`: noether-style per-name parameter-group rules over any LARS
-  flavour or optax optimizer, with default exclusions, clipping and schedules.
-
-Both read and write YAML (``from_yaml`` / ``to_yaml``) and plain dicts
-(``from_dict`` / ``as_dict``) without loss. Shared methods:
-
-* ``override(d, is_strict=True)`` returns a new config with ``d`` merged in (nested
-  dicts merge). Strict: an unknown key raises `ConfigKeyError` (a ``KeyError``, as in
-  Model Garden, and a ``ValueError``) naming it and the valid keys. Non-strict: unknown
-  top-level keys are added (read them as attributes, in ``as_dict`` and in
-  ``validate`` restrictions; ``build`` ignores them). Typed sub-configs (schedules,
-  rules) always reject unknown keys, since ``build`` reads them.
-* ``lock()`` makes the config immutable: assigning a field raises ``ValueError``.
-  ``override`` still works and returns a new, unlocked config.
-* ``validate(restrictions)`` checks Model Garden restriction strings such as
-  ``'momentum < 1'`` or ``'train.warmup_steps <= train.total_steps'`` (operators
-  ``== != < <= > >=``, dotted keys, numbers, ``None``, ``True``/``False``): an unknown
-  key raises `ConfigKeyError`, a violated restriction `RestrictionError` (both a
-  ``KeyError``, as Model Garden raises them, and a ``ValueError``), a malformed one
-  ``ValueError``.
-
-YAML numbers such as ``1e-4`` (no dot) are read as floats, not strings.
+Needs the ``config`` extra (``pip install lars_jax[config]``: pydantic v2 and PyYAML).
+`LARSConfig` is TensorFlow Model Garden's LARS config (``build`` gives
+`lars_jax.tf_lars`); `OptimizerConfig` puts per-name parameter-group rules, default
+exclusions, clipping and schedules (`ConstantSchedule`, `WarmupCosineSchedule`,
+`WarmupPolynomialSchedule`, `PiecewiseSchedule`) over any LARS flavour or optax
+optimizer. Both are pydantic models checked on creation, with errors that name the field
+(and the closest key for a typo), and share Model Garden's ``ParamsDict`` methods:
+``from_yaml``/``to_yaml``, ``from_dict``/``as_dict``, ``override(d, is_strict=True)``,
+``lock()`` and ``validate(restrictions)``. Schedules and rules are frozen models.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
-import functools
 import inspect
 import operator
 import os
 import re
+import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, Literal
 
 import jax
 import numpy as np
 import optax
-import yaml
-from pydantic import (
-  BaseModel,
-  ConfigDict,
-  Field,
-  PrivateAttr,
-  StrictBool,
-  field_validator,
-  model_validator,
-)
 
+try:
+  import pydantic
+  import yaml
+  from pydantic_core import PydanticCustomError
+except ImportError as e:  # the optimizers need neither
+  raise ImportError(
+    f"lars_jax's configs need pydantic v2 and PyYAML ({e}): pip install lars_jax[config]"
+  ) from e
+
+import lars_jax
 from lars_jax import _checks
 from lars_jax import masks as masks_lib
 from lars_jax import schedules as schedules_lib
-from lars_jax.lars import lars
-from lars_jax.transforms import AxisNames, ScalarOrSchedule
 
 __all__ = [
   "ConfigKeyError",
@@ -68,42 +46,54 @@ __all__ = [
   "LARSConfig",
   "OptimizerConfig",
   "ParamGroupRule",
+  "ConstantSchedule",
+  "WarmupCosineSchedule",
+  "WarmupPolynomialSchedule",
+  "PiecewiseSchedule",
+  "Schedule",
 ]
 
-_NonNeg = Annotated[float, Field(ge=0.0, strict=True, allow_inf_nan=False)]
-_Positive = Annotated[float, Field(gt=0.0, strict=True, allow_inf_nan=False)]
+AxisNames = str | Sequence[str] | None
+_NonNeg = Annotated[float, pydantic.Field(ge=0.0, strict=True, allow_inf_nan=False)]
+_Positive = Annotated[float, pydantic.Field(gt=0.0, strict=True, allow_inf_nan=False)]
+_Steps = Annotated[int, pydantic.Field(ge=0, strict=True)]
+_PositiveSteps = Annotated[int, pydantic.Field(gt=0, strict=True)]
 
 
 class ConfigKeyError(KeyError, ValueError):
   """An unknown key: a ``KeyError`` (as in Model Garden) that is also a ``ValueError``."""
 
-  def __str__(self) -> str:
-    return str(self.args[0]) if self.args else ""
+  __str__ = ValueError.__str__  # the message, not KeyError's repr of it
 
 
 class RestrictionError(KeyError, ValueError):
-  """A violated ``validate`` restriction (Model Garden raises ``KeyError``)."""
+  """A violated ``validate`` restriction (a ``KeyError`` as in Model Garden)."""
 
-  def __str__(self) -> str:
-    return str(self.args[0]) if self.args else ""
+  __str__ = ValueError.__str__
 
 
-def _did_you_mean(key: Any, valid: Sequence[str]) -> str:
+def _did_you_mean(key: Any, valid: Sequence[Any]) -> str:
   close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=3, cutoff=0.6)
   return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
+def _checked(build: Callable[[], Any], prefix: str = "") -> None:
+  """Runs `build` (a builder that checks its arguments); its errors become ValueErrors."""
+  try:
+    build()
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{prefix}{e}") from e
+
+
 def _plain(x: Any) -> Any:
-  """Tuples -> lists, mappings -> dicts, recursively (YAML-safe, JSON-like)."""
+  """Tuples -> lists, mappings -> dicts, recursively (YAML-safe)."""
   if isinstance(x, Mapping):
     return {k: _plain(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_plain(v) for v in x]
-  return copy.deepcopy(x)
+  return [_plain(v) for v in x] if isinstance(x, (list, tuple)) else x
 
 
 class _YamlLoader(yaml.SafeLoader):
-  """SafeLoader that also reads ``1e-4`` and ``1.0e5`` (YAML 1.1 needs ``1.0e-4``) as floats."""
+  """SafeLoader that also reads ``1e-4`` (YAML 1.1 wants ``1.0e-4``) as a float."""
 
 
 _YamlLoader.add_implicit_resolver(
@@ -114,12 +104,11 @@ _YamlLoader.add_implicit_resolver(
 
 
 def _read_yaml(source: str | os.PathLike[str]) -> dict[str, Any]:
-  if isinstance(source, os.PathLike) or (
-    isinstance(source, str) and "\n" not in source and os.path.isfile(source)
-  ):
+  is_str = isinstance(source, str)
+  if isinstance(source, os.PathLike) or (is_str and "\n" not in source and os.path.isfile(source)):
     with open(source, encoding="utf-8") as f:
       text, where = f.read(), f"file {os.fspath(source)!r}"
-  elif isinstance(source, str):
+  elif is_str:
     text, where = source, "YAML text"
   else:
     raise TypeError(f"from_yaml: pass a file path or YAML text, got {type(source).__name__}.")
@@ -127,86 +116,73 @@ def _read_yaml(source: str | os.PathLike[str]) -> dict[str, Any]:
     data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
   except yaml.YAMLError as e:
     raise ValueError(f"from_yaml: {where} is not valid YAML: {e}") from e
-  if data is None:
-    return {}
-  if not isinstance(data, dict):
-    if isinstance(source, str) and source.strip().endswith((".yaml", ".yml")):
-      raise FileNotFoundError(f"from_yaml: no such file: {source!r}.")
-    raise ValueError(
-      f"from_yaml: {where} must hold a mapping of config keys, got "
-      f"{type(data).__name__} {data!r}. (Is it a path to a file that does not exist?)"
-    )
-  return data
+  if data is None or isinstance(data, dict):
+    return data or {}
+  if is_str and source.strip().endswith((".yaml", ".yml")):
+    raise FileNotFoundError(f"from_yaml: no such file: {source!r}.")
+  raise ValueError(f"from_yaml: {where} must hold a mapping of config keys, got {data!r}.")
 
 
-_OPS: list[tuple[str, Callable[[Any, Any], bool]]] = [
-  ("==", operator.eq),
-  ("!=", operator.ne),
-  ("<=", operator.le),
-  (">=", operator.ge),
-  ("<", operator.lt),
-  (">", operator.gt),
-]
-_OP_RE = re.compile(r"==|!=|<=|>=|<|>")
+_OPS = {"==": operator.eq, "!=": operator.ne, "<=": operator.le, ">=": operator.ge}
+_OPS |= {"<": operator.lt, ">": operator.gt}
+_OP_RE = re.compile(r"(==|!=|<=|>=|<|>)")
 _NUMBER_RE = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
+_WORDS = {"None": None, "null": None, "True": True, "true": True, "False": False, "false": False}
+_KEY = object()  # what `_constant` returns for a token that is a key
 
 
-class _Config(BaseModel):
-  """Shared machinery: YAML/dict round trip, override, lock, validate."""
+def _constant(token: str) -> Any:
+  if _NUMBER_RE.match(token):
+    return float(token.replace("_", ""))
+  if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
+    return token[1:-1]
+  return _WORDS.get(token, _KEY)
 
-  model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-  _locked: bool = PrivateAttr(default=False)
-  _added: dict[str, Any] = PrivateAttr(default_factory=dict)
+class _Model(pydantic.BaseModel):
+  """A frozen model whose unknown keys are errors that name the closest field."""
 
-  # Fields whose value is a free dict: a strict override may add keys to it (the
-  # config validates them itself).
-  _open_dicts: ClassVar[tuple[str, ...]] = ()
+  model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
-  @model_validator(mode="before")
+  @pydantic.model_validator(mode="before")
   @classmethod
-  def _known_keys(cls, data: Any) -> Any:
-    if isinstance(data, Mapping):
-      valid = list(cls.model_fields)
-      for k in data:
-        if k not in cls.model_fields:
-          raise ValueError(
-            f"unknown key {k!r} for {cls.__name__}.{_did_you_mean(k, valid)} "
-            f"Valid keys: {', '.join(valid)}."
-          )
-    return data
+  def _known_keys(cls, data: Any, info: pydantic.ValidationInfo) -> Any:
+    # Like extra='forbid', plus "did you mean". Configs with extra='allow' keep unknown
+    # keys when validated with context {'is_strict': False}, and on assignment.
+    relaxed = cls.model_config.get("extra") == "allow" and (
+      info.field_name is not None or (info.context or {}).get("is_strict") is False
+    )
+    unknown = [k for k in data if k not in cls.model_fields] if isinstance(data, Mapping) else []
+    if not unknown or relaxed:
+      return data
+    valid, errors = list(cls.model_fields), []
+    for k in unknown:
+      msg = f"unknown key {k!r} for {cls.__name__}.{_did_you_mean(k, valid)} Valid keys: "
+      error = PydanticCustomError("extra_forbidden", "{msg}", {"msg": msg + ", ".join(valid)})
+      errors.append({"type": error, "loc": (k,), "input": data[k]})
+    raise pydantic.ValidationError.from_exception_data(cls.__name__, errors)
 
-  # -- dicts and YAML ---------------------------------------------------------
+
+class _Config(_Model):
+  """A top-level config: YAML and dict round trips, override, lock, validate."""
+
+  model_config = pydantic.ConfigDict(extra="allow", frozen=False, validate_assignment=True)
+  _locked: bool = pydantic.PrivateAttr(default=False)
 
   def as_dict(self) -> dict[str, Any]:
-    """The config as plain Python (dicts, lists, numbers, strings, None)."""
-    out = _plain(self.model_dump())
-    out.update(_plain(self._added))
-    return out
+    """The config as plain Python (dicts, lists, numbers, strings, None), added keys too."""
+    return _plain(self.model_dump())
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any], *, is_strict: bool = True):
-    """Builds a config from `data` (e.g. `as_dict()` output).
+    """Builds a config from `data` (e.g. `as_dict()`); missing fields take their defaults.
 
-    Args:
-      data: field values; missing fields take their defaults.
-      is_strict: reject unknown keys (True), or keep them as added keys (False, as
-        after a non-strict `override`).
-
-    Returns:
-      A new config.
+    ``is_strict=False`` keeps unknown top-level keys as added keys (as after a
+    non-strict `override`) instead of raising.
     """
     if not isinstance(data, Mapping):
       raise TypeError(f"{cls.__name__}.from_dict needs a mapping, got {type(data).__name__}.")
-    for k in data:
-      if not isinstance(k, str):
-        raise TypeError(f"{cls.__name__}: keys must be strings, got {k!r}.")
-    if is_strict:
-      return cls.model_validate(dict(data))
-    known = {k: v for k, v in data.items() if k in cls.model_fields}
-    obj = cls.model_validate(known)
-    obj._added = {k: copy.deepcopy(v) for k, v in data.items() if k not in cls.model_fields}
-    return obj
+    return cls.model_validate(dict(data), context={"is_strict": is_strict})
 
   @classmethod
   def from_yaml(cls, source: str | os.PathLike[str], *, is_strict: bool = True):
@@ -215,69 +191,50 @@ class _Config(BaseModel):
 
   def to_yaml(self, path: str | os.PathLike[str] | None = None) -> str:
     """Returns the config as YAML text (and writes it to `path` if given)."""
-    try:
-      text = yaml.safe_dump(self.as_dict(), sort_keys=False, default_flow_style=False)
-    except yaml.YAMLError as e:
-      raise TypeError(
-        f"{type(self).__name__}.to_yaml: a value is not plain YAML data "
-        f"(numbers, strings, bools, lists, dicts): {e}"
-      ) from e
+    text = yaml.safe_dump(self.as_dict(), sort_keys=False, default_flow_style=False)
     if path is not None:
       with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return text
 
-  # -- override / lock / validate ----------------------------------------------
-
   def override(self, overrides: Mapping[str, Any], is_strict: bool = True):
-    """Returns a new config with `overrides` merged in; this one is unchanged.
+    """Returns a new, unlocked, validated config with `overrides` merged in.
 
-    Nested dicts (a schedule, ``options``, keys added earlier) are merged key by
-    key; a schedule given a different ``kind`` is replaced whole; lists are replaced.
-
-    Args:
-      overrides: the keys to change.
-      is_strict: unknown keys raise `ConfigKeyError` (True) or are added (False).
-
-    Returns:
-      A new, unlocked config of the same class.
+    Nested dicts (a schedule, ``options``, added keys) merge key by key; a schedule
+    given another ``kind`` is replaced whole; lists are replaced. An unknown key raises
+    `ConfigKeyError` naming the closest ones (``is_strict=True``) or is added (False);
+    keys of a free-form dict field (``options``) may always be added (they are checked).
     """
+    free = [
+      k for k, f in type(self).model_fields.items() if typing.get_origin(f.annotation) is dict
+    ]
+
+    def merge(base: dict, new: Mapping, prefix: str) -> dict:
+      out = dict(base)
+      for k, v in new.items():
+        if k not in base and is_strict and prefix.rstrip(".") not in free:
+          where = f" under {prefix.rstrip('.')!r}" if prefix else ""
+          raise ConfigKeyError(
+            f"{type(self).__name__}.override: the key {prefix + k!r} does not exist."
+            f"{_did_you_mean(k, list(base))} Valid keys{where}: {', '.join(map(str, base))}."
+            " To add new keys, use override(..., is_strict=False)."
+          )
+        old = base.get(k)
+        if (
+          isinstance(old, dict)
+          and isinstance(v, Mapping)
+          and v.get("kind") in (None, old.get("kind"))
+        ):
+          out[k] = merge(old, v, f"{prefix}{k}.")  # a new `kind` replaces a schedule whole
+        else:
+          out[k] = v
+      return out
+
     if isinstance(overrides, _Config):
       overrides = overrides.as_dict()
     if not isinstance(overrides, Mapping):
       raise TypeError(f"override needs a mapping, got {type(overrides).__name__}.")
-    merged = self._merge(self.as_dict(), overrides, is_strict, "")
-    return type(self).from_dict(merged, is_strict=False)
-
-  def _merge(self, base: dict, new: Mapping, strict: bool, prefix: str) -> dict:
-    out = dict(base)
-    for k, v in new.items():
-      key = f"{prefix}{k}"
-      if k not in base:
-        open_dict = prefix.rstrip(".") in self._open_dicts
-        if strict and not open_dict:
-          where = f" under {prefix.rstrip('.')!r}" if prefix else ""
-          raise ConfigKeyError(
-            f"{type(self).__name__}.override: the key {key!r} does not exist."
-            f"{_did_you_mean(k, list(base))} Valid keys{where}: "
-            f"{', '.join(map(str, base))}. To add new keys, use override(..., "
-            "is_strict=False)."
-          )
-        out[k] = copy.deepcopy(v)
-      elif (
-        isinstance(base[k], dict)
-        and isinstance(v, Mapping)
-        and not (
-          prefix == ""
-          and k not in self._open_dicts
-          and "kind" in v
-          and v["kind"] != base[k].get("kind")
-        )
-      ):
-        out[k] = self._merge(base[k], v, strict, f"{key}.")
-      else:
-        out[k] = copy.deepcopy(v)
-    return out
+    return type(self).from_dict(_plain(merge(self.as_dict(), overrides, "")), is_strict=False)
 
   def lock(self):
     """Makes this config immutable (assignment raises ``ValueError``); returns it."""
@@ -292,140 +249,94 @@ class _Config(BaseModel):
   def validate(self, restrictions: Sequence[str]):  # type: ignore[override]
     """Checks Model Garden restriction strings such as ``'a.b <= c.d'``; returns self.
 
-    Each restriction is ``left OP right`` with OP one of ``== != < <= > >=`` and each
-    side a dotted key of `as_dict()` or a constant (a number, ``None``, ``True``,
-    ``False``, or a quoted string).
+    Each is ``left OP right``, OP one of ``== != < <= > >=``, each side a dotted key of
+    `as_dict()` or a constant (a number, ``None``, ``True``, ``False``, a quoted string).
 
     Raises:
-      ConfigKeyError: a key in a restriction does not exist (a ``KeyError``).
-      RestrictionError: a restriction does not hold (a ``KeyError``, as in Model
-        Garden, and a ``ValueError``).
-      ValueError: a restriction is not a single binary relation, or its two sides
-        cannot be compared.
+      ConfigKeyError: a key does not exist (a ``KeyError``, as in Model Garden).
+      RestrictionError: a restriction does not hold (a ``KeyError`` and a ``ValueError``).
+      ValueError: a restriction is not one relation, or its sides cannot be compared.
     """
-    if isinstance(restrictions, str):
-      restrictions = [restrictions]
     values = self.as_dict()
-    for r in restrictions:
+    for r in [restrictions] if isinstance(restrictions, str) else restrictions:
       if not isinstance(r, str):
         raise TypeError(f"validate: restrictions must be strings, got {r!r}.")
-      ops = _OP_RE.findall(r)
-      if len(ops) != 1:
+      sides = [t.strip() for t in _OP_RE.split(r)]
+      if len(sides) != 3 or not sides[0] or not sides[2]:
         raise ValueError(
-          f"validate: {r!r} must be one binary relation 'left OP right' with OP one of "
-          f"{', '.join(op for op, _ in _OPS)}; found {len(ops)} operators."
+          f"validate: {r!r} must be one binary relation 'left OP right' (OP one of "
+          f"{' '.join(_OPS)}) with a key or constant on both sides."
         )
-      op = ops[0]
-      left, right = (t.strip() for t in r.split(op))
-      if not left or not right:
-        raise ValueError(f"validate: {r!r} needs a key or constant on both sides of {op!r}.")
+      left, op, right = sides
       lv, rv = self._operand(left, values, r), self._operand(right, values, r)
-      fn = dict(_OPS)[op]
       try:
-        ok = bool(fn(lv, rv))
+        ok = bool(_OPS[op](lv, rv))
       except TypeError as e:
         raise ValueError(
           f"validate: cannot compare {left} = {lv!r} with {right} = {rv!r} in {r!r}: {e}."
         ) from e
       if not ok:
-        shown = [f"{t} = {v!r}" for t, v in ((left, lv), (right, rv)) if not self._constant(t)]
+        shown = [f"{t} = {v!r}" for t, v in ((left, lv), (right, rv)) if _constant(t) is _KEY]
         raise RestrictionError(
           f"{type(self).__name__}: restriction {r!r} does not hold ({', '.join(shown)})."
         )
     return self
 
-  @staticmethod
-  def _constant(token: str) -> bool:
-    return bool(
-      _NUMBER_RE.match(token)
-      or token in ("None", "null", "True", "true", "False", "false")
-      or (len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"")
-    )
-
   def _operand(self, token: str, values: dict, restriction: str) -> Any:
-    if _NUMBER_RE.match(token):
-      return float(token.replace("_", ""))
-    if token in ("None", "null"):
-      return None
-    if token in ("True", "true", "False", "false"):
-      return token in ("True", "true")
-    if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
-      return token[1:-1]
-    v: Any = values
-    done: list[str] = []
-    for part in token.split("."):
-      if not isinstance(v, dict) or part not in v:
-        where = ".".join(done) or type(self).__name__
-        valid = list(v) if isinstance(v, dict) else []
+    if (value := _constant(token)) is not _KEY:
+      return value
+    value, parts = values, token.split(".")
+    for i, part in enumerate(parts):
+      if not isinstance(value, dict) or part not in value:
+        valid = list(value) if isinstance(value, dict) else []
         raise ConfigKeyError(
-          f"validate: {restriction!r} refers to the key {token!r}, but {where!r} has "
-          f"no key {part!r}.{_did_you_mean(part, valid)}"
-          + (f" Valid keys: {', '.join(map(str, valid))}." if valid else "")
+          f"validate: {restriction!r} refers to the key {token!r}, but "
+          f"{'.'.join(parts[:i]) or type(self).__name__!r} has no key {part!r}."
+          f"{_did_you_mean(part, valid)} Valid keys: {', '.join(map(str, valid))}."
         )
-      v = v[part]
-      done.append(part)
-    return v
-
-  # -- attribute access -----------------------------------------------------------
+      value = value[part]
+    return value
 
   def __setattr__(self, name: str, value: Any) -> None:
-    if not name.startswith("_"):
-      if self._locked:
-        raise ValueError(
-          f"{type(self).__name__} is locked: cannot set {name!r}. Use "
-          "`override({...})` to get a modified copy."
-        )
-      if name not in type(self).model_fields:
-        raise ConfigKeyError(
-          f"{type(self).__name__} has no field {name!r}."
-          f"{_did_you_mean(name, list(type(self).model_fields))}"
-          " To add a key, use override({...}, is_strict=False)."
-        )
+    cls = type(self).__name__
+    if not name.startswith("_") and self._locked:
+      raise ValueError(f"{cls} is locked: cannot set {name!r}. `override` gives a modified copy.")
+    if not name.startswith("_") and name not in type(self).model_fields:
+      raise ConfigKeyError(
+        f"{cls} has no field {name!r}.{_did_you_mean(name, list(type(self).model_fields))}"
+        " To add a key, use override({...}, is_strict=False)."
+      )
     super().__setattr__(name, value)
 
   def __delattr__(self, name: str) -> None:
     raise ValueError(f"{type(self).__name__}: fields cannot be deleted ({name!r}).")
 
-  def __getattr__(self, name: str) -> Any:
-    if not name.startswith("_"):
-      try:
-        added = object.__getattribute__(self, "__pydantic_private__") or {}
-      except AttributeError:
-        added = {}
-      added = added.get("_added") or {}
-      if name in added:
-        return added[name]
-    return super().__getattr__(name)  # type: ignore[misc]
-
-  def __eq__(self, other: object) -> bool:
+  def __eq__(self, other: object) -> bool:  # locked or not, equal values are equal
     return type(self) is type(other) and self.as_dict() == other.as_dict()  # type: ignore[union-attr]
 
-  __hash__ = None  # type: ignore[assignment]
+
+def _one_pattern(value: Any) -> Any:
+  return (value,) if isinstance(value, str) else value
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-  try:
-    return re.compile(pattern)
-  except re.error as e:
-    raise ValueError(f"{pattern!r} is not a valid regular expression: {e}") from e
+def _pattern(p: str) -> str:
+  masks_lib.compile_patterns(p, "pattern")  # raises a ValueError naming the pattern
+  return p
 
 
-# ----------------------------------------------------------------------------
-# LARSConfig
+_Patterns = Annotated[tuple[str, ...] | None, pydantic.BeforeValidator(_one_pattern)]
 
 
 class LARSConfig(_Config):
   r"""TensorFlow Model Garden's ``LARSConfig``; `build` gives `lars_jax.tf_lars`.
 
   Same fields and defaults as ``official/modeling/optimization/configs/
-  optimizer_config.py``; see `lars_jax.tf_lars` for the update equations. The
-  learning rate is not part of this config (in Model Garden it comes from the
-  ``OptimizationConfig``): pass it, or a schedule, to `build`.
-
-  Values are checked on creation and on assignment: ``momentum`` in [0, 1),
-  ``eeta > 0``, ``weight_decay_rate >= 0``, clip values ``> 0`` (and, as in Keras, not
-  both ``clipnorm`` and ``global_clipnorm``), patterns valid regular expressions
-  (matched with ``re.search`` against '/'-joined parameter paths).
+  optimizer_config.py``. The learning rate is not part of it (Model Garden takes it
+  from the ``OptimizationConfig``): pass it, or a schedule, to `build`. Values are
+  checked on creation and assignment: ``momentum`` in [0, 1), ``eeta > 0``, rates
+  ``>= 0``, clip values ``> 0``, and what `lars_jax.tf_lars` checks (valid regular
+  expressions, found with ``re.search`` in '/'-joined paths; not both ``clipnorm`` and
+  ``global_clipnorm``, as in Keras).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, lars_jax
@@ -454,109 +365,134 @@ class LARSConfig(_Config):
   """
 
   name: str = "LARS"
-  momentum: Annotated[float, Field(ge=0.0, lt=1.0, strict=True, allow_inf_nan=False)] = 0.9
+  momentum: Annotated[float, pydantic.Field(ge=0.0, lt=1.0, strict=True, allow_inf_nan=False)] = 0.9
   eeta: _Positive = 0.001
   weight_decay_rate: _NonNeg = 0.0
-  nesterov: StrictBool = False
-  classic_momentum: StrictBool = True
-  exclude_from_weight_decay: tuple[str, ...] | None = None
-  exclude_from_layer_adaptation: tuple[str, ...] | None = None
+  nesterov: pydantic.StrictBool = False
+  classic_momentum: pydantic.StrictBool = True
+  exclude_from_weight_decay: _Patterns = None
+  exclude_from_layer_adaptation: _Patterns = None
   clipnorm: _Positive | None = None
   clipvalue: _Positive | None = None
   global_clipnorm: _Positive | None = None
 
-  @field_validator("exclude_from_weight_decay", "exclude_from_layer_adaptation", mode="before")
-  @classmethod
-  def _one_pattern(cls, value: Any) -> Any:
-    return (value,) if isinstance(value, str) else value
-
-  @field_validator("exclude_from_weight_decay", "exclude_from_layer_adaptation")
-  @classmethod
-  def _regexes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-    for p in value or ():
-      _compile(p)
-    return value
-
-  @model_validator(mode="after")
-  def _clip_norms(self) -> LARSConfig:
-    if self.clipnorm is not None and self.global_clipnorm is not None:
-      raise ValueError(
-        "clipnorm and global_clipnorm cannot both be set (Keras rejects this too): "
-        "keep one of them."
-      )
+  @pydantic.model_validator(mode="after")
+  def _tf_lars_accepts(self) -> LARSConfig:
+    _checked(self.build)  # tf_lars's checks: the patterns, clipnorm vs global_clipnorm
     return self
 
   def build(
-    self, learning_rate: ScalarOrSchedule = 0.01, *, axis_name: AxisNames = None
+    self, learning_rate: optax.ScalarOrSchedule = 0.01, *, axis_name: AxisNames = None
   ) -> optax.GradientTransformationExtraArgs:
-    """Returns ``lars_jax.tf_lars`` with this config's values.
-
-    Args:
-      learning_rate: a number or an optax schedule (e.g. from `lars_jax.schedules`).
-      axis_name: mesh axes each leaf is split over under `shard_map` (see
-        `lars_jax.scale_by_trust_ratio`).
-
-    Returns:
-      An `optax.GradientTransformationExtraArgs`.
-    """
-    from lars_jax.presets import tf_lars  # noqa: PLC0415 (presets import this package)
-
-    def patterns(p: tuple[str, ...] | None) -> list[str] | None:
-      return None if p is None else list(p)
-
-    return tf_lars(
-      learning_rate,
-      momentum=self.momentum,
-      weight_decay_rate=self.weight_decay_rate,
-      eeta=self.eeta,
-      nesterov=self.nesterov,
-      classic_momentum=self.classic_momentum,
-      exclude_from_weight_decay=patterns(self.exclude_from_weight_decay),
-      exclude_from_layer_adaptation=patterns(self.exclude_from_layer_adaptation),
-      clipnorm=self.clipnorm,
-      clipvalue=self.clipvalue,
-      global_clipnorm=self.global_clipnorm,
-      axis_name=axis_name,
-    )
+    """Returns `lars_jax.tf_lars` with this config's values and `learning_rate`."""
+    kw = {k: getattr(self, k) for k in type(self).model_fields if k != "name"}
+    for k in ("exclude_from_weight_decay", "exclude_from_layer_adaptation"):
+      kw[k] = None if kw[k] is None else list(kw[k])
+    return lars_jax.tf_lars(learning_rate, **kw, axis_name=axis_name)
 
 
-# ----------------------------------------------------------------------------
-# OptimizerConfig
+class _ScheduleConfig(_Model):
+  """The shape of a schedule: `build(base)` gives it with the config's ``lr`` (or
+  ``weight_decay``) as base. ``kind`` first, then ``warmup_steps`` (linear from 0)."""
+
+  def build(self, base_value: float) -> optax.Schedule | float:
+    """Returns the schedule (a Python float for a constant without warm-up)."""
+    raise NotImplementedError
+
+  @pydantic.model_validator(mode="after")
+  def _builds(self) -> _ScheduleConfig:
+    _checked(lambda: self.build(1.0))  # the schedule functions check their arguments
+    return self
 
 
-class ParamGroupRule(BaseModel):
+class ConstantSchedule(_ScheduleConfig):
+  """The base value, after an optional linear warm-up (`optax.warmup_constant_schedule`)."""
+
+  kind: Literal["constant"] = "constant"
+  warmup_steps: _Steps = 0
+
+  def build(self, base_value: float) -> optax.Schedule | float:
+    if self.warmup_steps == 0:
+      return float(base_value)
+    return optax.warmup_constant_schedule(0.0, base_value, self.warmup_steps)
+
+
+class WarmupCosineSchedule(_ScheduleConfig):
+  """`optax.warmup_cosine_decay_schedule` from 0 with ``decay_steps=total_steps`` (which
+  includes the warm-up): cosine decay to `end_value` at `total_steps`, then constant."""
+
+  kind: Literal["warmup_cosine"] = "warmup_cosine"
+  warmup_steps: _Steps = 0
+  total_steps: _PositiveSteps
+  end_value: _NonNeg = 0.0
+
+  def build(self, base_value: float) -> optax.Schedule:
+    if self.total_steps <= self.warmup_steps:
+      raise ValueError(
+        f"`total_steps` ({self.total_steps}) must exceed `warmup_steps` ({self.warmup_steps})."
+      )
+    w, t = self.warmup_steps, self.total_steps
+    return optax.warmup_cosine_decay_schedule(0.0, base_value, w, t, self.end_value)
+
+
+class WarmupPolynomialSchedule(_ScheduleConfig):
+  """The MLPerf schedule, `lars_jax.schedules.warmup_polynomial_decay`."""
+
+  kind: Literal["warmup_polynomial"] = "warmup_polynomial"
+  warmup_steps: _Steps = 0
+  total_steps: _PositiveSteps
+  end_value: _NonNeg = 1e-4
+  power: _Positive = 2.0
+
+  def build(self, base_value: float) -> optax.Schedule:
+    return schedules_lib.warmup_polynomial_decay(base_value, **self.model_dump(exclude={"kind"}))
+
+
+class PiecewiseSchedule(_ScheduleConfig):
+  """Step decay by factors of the base value, `lars_jax.schedules.warmup_piecewise_constant`."""
+
+  kind: Literal["piecewise"] = "piecewise"
+  warmup_steps: _Steps = 0
+  boundaries: tuple[_PositiveSteps, ...]
+  factors: tuple[_NonNeg, ...]
+
+  def build(self, base_value: float) -> optax.Schedule:
+    return schedules_lib.warmup_piecewise_constant(base_value, **self.model_dump(exclude={"kind"}))
+
+
+Schedule = Annotated[
+  ConstantSchedule | WarmupCosineSchedule | WarmupPolynomialSchedule | PiecewiseSchedule,
+  pydantic.Field(discriminator="kind"),
+]
+"""Any schedule config, chosen by its ``kind`` field in YAML."""
+
+
+class ParamGroupRule(_Model):
   """One rule of `OptimizerConfig.param_group_modifiers`.
 
   Selects parameters by ``name`` (the exact full path, '/'- or '.'-joined:
   ``backbone.cls_token`` and ``backbone/cls_token`` are the same) or by ``pattern``
   (a regular expression that must match the whole '/'-joined path, ``re.fullmatch``),
-  and either multiplies their learning rate by ``scale`` or sets their weight decay to
+  and multiplies their learning rate by ``scale`` or sets their weight decay to
   ``value``: exactly one of each pair.
   """
 
-  model_config = ConfigDict(extra="forbid", frozen=True)
-
   name: str | None = None
-  pattern: str | None = None
+  pattern: Annotated[str, pydantic.AfterValidator(_pattern)] | None = None
   scale: _NonNeg | None = None
   value: _NonNeg | None = None
 
-  @model_validator(mode="after")
+  @pydantic.model_validator(mode="after")
   def _exactly_one(self) -> ParamGroupRule:
-    if (self.name is None) == (self.pattern is None):
-      raise ValueError(
-        "a param_group_modifiers rule needs exactly one of `name` (an exact path such "
-        "as 'backbone.cls_token') or `pattern` (a regex over '/'-joined paths), got "
-        f"name={self.name!r}, pattern={self.pattern!r}."
-      )
-    if (self.scale is None) == (self.value is None):
-      raise ValueError(
-        "a param_group_modifiers rule needs exactly one of `scale` (multiplies the "
-        "learning rate) or `value` (sets the weight decay), got "
-        f"scale={self.scale!r}, value={self.value!r}."
-      )
-    if self.pattern is not None:
-      _compile(self.pattern)
+    for a, b, what in [
+      ("name", "pattern", "an exact path or a regex over '/'-joined paths"),
+      ("scale", "value", "multiplies the learning rate or sets the weight decay"),
+    ]:
+      if (getattr(self, a) is None) == (getattr(self, b) is None):
+        raise ValueError(
+          f"a param_group_modifiers rule needs exactly one of `{a}` or `{b}` ({what}), got "
+          f"{a}={getattr(self, a)!r}, {b}={getattr(self, b)!r}."
+        )
     return self
 
   def matches(self, path: str) -> bool:
@@ -587,76 +523,65 @@ _RESERVED = {
 }
 
 
-@functools.cache
-def _optax_optimizers() -> tuple[str, ...]:
-  names = []
-  for n in dir(optax):
-    f = getattr(optax, n)
-    if n.startswith("_") or not inspect.isfunction(f) or n.startswith("scale_by"):
-      continue
-    try:
-      params = list(inspect.signature(f).parameters)
-    except (TypeError, ValueError):  # pragma: no cover
-      continue
-    if params[:1] == ["learning_rate"] and n != "lars":  # 'lars' is lars_jax.lars
-      names.append(n)
-  return tuple(names)
+def _optax_optimizer(name: str) -> Callable[..., optax.GradientTransformation] | None:
+  """optax's optimizer `name` (a public function of `learning_rate`), else None."""
+  fn = getattr(optax, name, None)
+  if name.startswith(("_", "scale_by")) or name == "lars" or not inspect.isfunction(fn):
+    return None  # 'lars' is lars_jax.lars
+  return fn if list(inspect.signature(fn).parameters)[:1] == ["learning_rate"] else None
 
 
 def _factory(kind: str) -> Callable[..., optax.GradientTransformation]:
-  """The function that `kind` names (see `OptimizerConfig.kind`)."""
-  if kind == "lars":
-    return lars
-  if kind in ("tf_lars", "torch_lars"):
-    try:
-      from lars_jax import presets  # noqa: PLC0415 (presets import this package)
-    except ImportError as e:  # pragma: no cover
-      raise ValueError(f"kind {kind!r} needs lars_jax.presets, which failed to import: {e}") from e
-    return getattr(presets, kind)
-  name = kind.removeprefix("optax.")
-  if name in _optax_optimizers():
-    return getattr(optax, name)
-  valid = [*_LARS_KINDS, *_optax_optimizers()]
+  """The function that `kind` names (see `OptimizerConfig`)."""
+  if kind in _LARS_KINDS:
+    return getattr(lars_jax, kind)
+  if (fn := _optax_optimizer(kind.removeprefix("optax."))) is not None:
+    return fn
+  names = [n for n in dir(optax) if _optax_optimizer(n)]
   raise ValueError(
-    f"kind {kind!r} is not an optimizer.{_did_you_mean(name, valid)} Use 'lars', "
-    "'tf_lars', 'torch_lars', or the name of an optax optimizer (a function of "
-    f"`learning_rate`): {', '.join(_optax_optimizers())}."
+    f"kind {kind!r} is not an optimizer.{_did_you_mean(kind, [*_LARS_KINDS, *names])} Use "
+    "'lars', 'tf_lars', 'torch_lars', or an optax optimizer (a function of `learning_rate`): "
+    f"{', '.join(names)}."
   )
 
 
+def _kind(kind: str) -> str:
+  _factory(kind)
+  return kind
+
+
+def _times(x: optax.ScalarOrSchedule, factor: float) -> optax.ScalarOrSchedule:
+  if factor == 1.0:
+    return x
+  return (lambda count: x(count) * factor) if callable(x) else x * factor
+
+
 class OptimizerConfig(_Config):
-  r"""An optimizer with noether-style per-parameter rules; `build` gives one transformation.
+  r"""An optimizer with per-parameter rules; `build` gives one transformation.
 
-  **Optimizer.** ``kind`` is ``'lars'`` (`lars_jax.lars`), ``'tf_lars'``,
-  ``'torch_lars'`` (`lars_jax.tf_lars`, `lars_jax.torch_lars`) or an optax optimizer
-  such as ``'sgd'``, ``'adamw'``, ``'lamb'``. ``options`` holds its other keyword
-  arguments (``momentum``, ``nesterov``, ``trust_coefficient``, ``eps``, ``b1``...),
-  checked against its signature and values when the config is created; unset ones keep
-  the function's defaults (e.g. ``momentum`` 0.9 for ``lars``, None for ``sgd``).
+  ``kind`` is ``'lars'`` (`lars_jax.lars`), ``'tf_lars'``, ``'torch_lars'`` (the
+  presets) or an optax optimizer (``'sgd'``, ``'adamw'``, ``'optax.lamb'``...);
+  ``options`` holds its other keyword arguments, checked against its signature and values
+  on creation (unset ones keep the function's defaults).
 
-  **Learning rate** of a parameter: ``lr`` (the peak, or a ``schedule``'s base value)
-  times the ``scale`` of every rule that selects it. **Weight decay**: ``weight_decay``,
-  or the ``value`` of the one rule that sets it, or 0 where a default exclusion applies:
-  ``exclude_bias_from_weight_decay`` (last path component ``bias``, '/'- or '.'-split)
-  and ``exclude_normalization_params_from_weight_decay`` (every parameter with
-  ``ndim <= 1``), as in noether. ``weight_decay_schedule`` scales every decayed
-  parameter's rate by ``schedule(c) / weight_decay``. For the LARS kinds, a parameter
-  excluded from weight decay (by a default or by a rule with ``value: 0``) is also not
-  layer-adapted (trust ratio 1) while ``exclude_from_adaptation_follows_weight_decay``
-  is True. For optax optimizers without a ``weight_decay`` argument, weight decay is
-  added to the gradient first (``optax.add_decayed_weights``, PyTorch SGD/Adam style).
+  A parameter's learning rate is ``lr`` (or ``schedule`` with ``lr`` as base) times the
+  ``scale`` of every rule that selects it. Its weight decay is ``weight_decay``, or the
+  ``value`` of the one rule that sets it, or 0 where a default exclusion applies (as in
+  noether): ``exclude_bias_from_weight_decay`` (last path component ``bias``) and
+  ``exclude_normalization_params_from_weight_decay`` (``ndim <= 1``);
+  ``weight_decay_schedule`` scales every decayed rate by ``schedule(c) / weight_decay``.
+  For the LARS kinds, a parameter without weight decay (by a default or a ``value: 0``
+  rule) is not layer-adapted either while ``exclude_from_adaptation_follows_weight_decay``.
+  optax optimizers without a ``weight_decay`` argument get ``optax.add_decayed_weights``
+  first. ``clip_grad_value`` (`optax.clip`) then ``clip_grad_norm``
+  (`optax.clip_by_global_norm`) clip the raw gradients before everything.
 
-  **Clipping** of the raw gradients, before everything: ``clip_grad_value``
-  (elementwise, `optax.clip`), then ``clip_grad_norm`` (global norm,
-  `optax.clip_by_global_norm`).
-
-  `build` partitions the parameters into groups of equal (learning-rate scale, weight
-  decay, adaptation) and runs one instance of the optimizer per group
-  (`optax.multi_transform`): numbers are those of the optimizer built by hand with
-  these masks. Rules are resolved at ``init`` (and traced ``update``): a rule that
-  selects no parameter, two rules setting the weight decay of one parameter, or a
-  ``value`` rule on a parameter that a default exclusion already covers raise
-  ``ValueError`` naming the rules. `param_groups` shows the resolution.
+  `build` runs one instance of the optimizer per group of equal (scale, weight decay,
+  adaptation) (`optax.multi_transform`), so the numbers are those of the optimizer built
+  by hand with these masks. Rules are resolved at ``init``: a rule that selects nothing,
+  two rules setting one parameter's weight decay, or a ``value`` rule where a default
+  exclusion applies raise ``ValueError`` naming the rules. `param_groups` shows the
+  resolution.
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
@@ -676,35 +601,25 @@ class OptimizerConfig(_Config):
     body/bias {'lr_scale': 1.0, 'weight_decay': 0.0, 'adapt': False}
     body/kernel {'lr_scale': 1.0, 'weight_decay': 0.0001, 'adapt': True}
     head/kernel {'lr_scale': 0.1, 'weight_decay': 0.0001, 'adapt': True}
-    >>> solver = cfg.build()
-    >>> state = solver.init(params)
+    >>> state = cfg.build().init(params)
   """
 
-  _open_dicts: ClassVar[tuple[str, ...]] = ("options",)
-
-  kind: str
+  kind: Annotated[str, pydantic.AfterValidator(_kind)]
   lr: _Positive
   weight_decay: _NonNeg = 0.0
   clip_grad_value: _Positive | None = None
   clip_grad_norm: _Positive | None = None
-  options: dict[str, Any] = Field(default_factory=dict)
+  options: dict[str, Any] = pydantic.Field(default_factory=dict)
   param_group_modifiers: tuple[ParamGroupRule, ...] = ()
-  exclude_bias_from_weight_decay: StrictBool = True
-  exclude_normalization_params_from_weight_decay: StrictBool = True
-  exclude_from_adaptation_follows_weight_decay: StrictBool = True
-  schedule: schedules_lib.Schedule | None = None
-  weight_decay_schedule: schedules_lib.Schedule | None = None
+  exclude_bias_from_weight_decay: pydantic.StrictBool = True
+  exclude_normalization_params_from_weight_decay: pydantic.StrictBool = True
+  exclude_from_adaptation_follows_weight_decay: pydantic.StrictBool = True
+  schedule: Schedule | None = None
+  weight_decay_schedule: Schedule | None = None
 
-  @field_validator("kind")
-  @classmethod
-  def _known_kind(cls, kind: str) -> str:
-    _factory(kind)
-    return kind
-
-  @model_validator(mode="after")
+  @pydantic.model_validator(mode="after")
   def _check(self) -> OptimizerConfig:
-    fn = _factory(self.kind)
-    params = inspect.signature(fn).parameters
+    params = inspect.signature(_factory(self.kind)).parameters
     valid = [
       p
       for p, v in params.items()
@@ -718,117 +633,78 @@ class OptimizerConfig(_Config):
           f"options.{k}: {self.kind!r} has no argument {k!r}.{_did_you_mean(k, valid)} "
           f"Valid options for {self.kind!r}: {', '.join(valid) or '(none)'}."
         )
-    if self.weight_decay_schedule is not None:
-      if self.weight_decay == 0:
-        raise ValueError(
-          "weight_decay_schedule needs weight_decay > 0: the schedule's base value is "
-          "`weight_decay`."
-        )
+    if self.weight_decay_schedule is not None and self.weight_decay == 0:
+      raise ValueError("weight_decay_schedule needs weight_decay > 0 (the schedule's base).")
     if self.kind == "torch_lars" and not self.exclude_from_adaptation_follows_weight_decay:
       raise ValueError(
         "exclude_from_adaptation_follows_weight_decay=False is not possible with kind "
-        "'torch_lars': PyTorch/Flash LARS never adapts a parameter without weight decay. "
-        "Use kind 'lars' or 'tf_lars'."
+        "'torch_lars' (PyTorch/Flash LARS never adapts a parameter without weight decay); "
+        "use kind 'lars' or 'tf_lars'."
       )
-    try:  # the values in `options` are checked by the optimizer itself
+
+    def build() -> None:  # the optimizer checks the values of `options`
       if self.options.get("momentum") is not None:  # optax.sgd does not check it
         _checks.check_momentum("momentum", self.options["momentum"])
       self._group_tx(1.0, self.weight_decay, True, None)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"options: {self.kind!r} rejects {self.options!r}: {e}") from e
+
+    _checked(build, f"options: {self.kind!r} rejects {self.options!r}: ")
     return self
-
-  # -- building -----------------------------------------------------------------
-
-  def _lr(self, scale: float) -> ScalarOrSchedule:
-    base = self.schedule.build(self.lr) if self.schedule is not None else self.lr
-    if scale == 1.0:
-      return base
-    if callable(base):
-      return lambda count: base(count) * scale
-    return base * scale
-
-  def _wd(self, value: float) -> ScalarOrSchedule:
-    if value == 0.0 or self.weight_decay_schedule is None:
-      return value
-    sched = self.weight_decay_schedule.build(self.weight_decay)
-    if value == self.weight_decay:
-      return sched
-    ratio = value / self.weight_decay
-    if callable(sched):
-      return lambda count: sched(count) * ratio
-    return sched * ratio
 
   def _group_tx(
     self, scale: float, wd: float, adapt: bool | None, axis_name: AxisNames
   ) -> optax.GradientTransformation:
-    fn = _factory(self.kind)
-    lr, wd_ = self._lr(scale), self._wd(wd)
-    opts = dict(self.options)
+    fn, opts = _factory(self.kind), dict(self.options)
+    lr = _times(self.schedule.build(self.lr) if self.schedule else self.lr, scale)
+    if wd != 0.0 and self.weight_decay_schedule is not None:
+      wd = _times(self.weight_decay_schedule.build(self.weight_decay), wd / self.weight_decay)
     if self.kind == "lars":
-      return fn(lr, weight_decay=wd_, trust_ratio_mask=bool(adapt), axis_name=axis_name, **opts)
+      return fn(lr, weight_decay=wd, trust_ratio_mask=adapt, axis_name=axis_name, **opts)
     if self.kind == "tf_lars":
-      return fn(
-        lr,
-        weight_decay_rate=wd_,
-        exclude_from_layer_adaptation=None if adapt else [".*"],
-        axis_name=axis_name,
-        **opts,
-      )
+      opts["exclude_from_layer_adaptation"] = None if adapt else [".*"]
+      return fn(lr, weight_decay_rate=wd, axis_name=axis_name, **opts)
     if self.kind == "torch_lars":
-      return fn(lr, weight_decay=wd_, axis_name=axis_name, **opts)
+      return fn(lr, weight_decay=wd, axis_name=axis_name, **opts)
     if axis_name is not None:
       raise ValueError(f"build: axis_name is for the LARS kinds; optax.{fn.__name__} takes none.")
     if "weight_decay" in inspect.signature(fn).parameters:
-      return fn(lr, weight_decay=wd_, **opts)
-    tx = fn(lr, **opts)
-    if callable(wd_) or wd_ != 0.0:
-      return optax.chain(optax.add_decayed_weights(wd_), tx)
-    return tx
+      return fn(lr, weight_decay=wd, **opts)
+    if callable(wd) or wd != 0.0:
+      return optax.chain(optax.add_decayed_weights(wd), fn(lr, **opts))
+    return fn(lr, **opts)
 
   def _resolve(self, tree: Any) -> list[tuple[str, float, float, bool | None]]:
     """(path, lr_scale, weight_decay, adapt) per leaf of `tree`; raises on bad rules."""
-    paths = jax.tree.leaves(masks_lib.tree_paths(tree))
-    leaves = jax.tree.leaves(tree)
-    rules = self.param_group_modifiers
-    hits = [0] * len(rules)
-    is_lars = self.kind in _LARS_KINDS
-    out = []
-    for path, leaf in zip(paths, leaves):
-      ndim = leaf.ndim if hasattr(leaf, "ndim") else np.ndim(leaf)
-      default = None
+    paths, rules = jax.tree.leaves(masks_lib.tree_paths(tree)), self.param_group_modifiers
+    hits, out = [0] * len(rules), []
+    for path, leaf in zip(paths, jax.tree.leaves(tree)):
+      ndim, default = np.ndim(leaf) if not hasattr(leaf, "ndim") else leaf.ndim, None
       if self.exclude_bias_from_weight_decay and re.split(r"[/.]", path)[-1] == "bias":
         default = "exclude_bias_from_weight_decay (its last path component is 'bias')"
       elif self.exclude_normalization_params_from_weight_decay and ndim <= 1:
         default = f"exclude_normalization_params_from_weight_decay (it has ndim {ndim} <= 1)"
-      scale, wd_rule = 1.0, None
+      scale, wd, setter = 1.0, 0.0 if default else self.weight_decay, None
       for i, rule in enumerate(rules):
         if not rule.matches(path):
           continue
         hits[i] += 1
+        here = f"param_group_modifiers[{i}] ({rule.describe()})"
         if rule.scale is not None:
           scale *= rule.scale
-          continue
-        here = f"param_group_modifiers[{i}] ({rule.describe()})"
-        if wd_rule is not None:
+        elif setter is not None:
           raise ValueError(
-            f"Two rules set the weight decay of {path!r}: param_group_modifiers"
-            f"[{wd_rule}] ({rules[wd_rule].describe()}) and {here}. Keep one."
+            f"Two rules set the weight decay of {path!r}: {setter} and {here}. Keep one."
           )
-        if default is not None:
+        elif default is not None:
           raise ValueError(
-            f"{here} sets the weight decay of {path!r}, which {default} already sets "
-            "to 0. Narrow the rule, or turn that exclusion off."
+            f"{here} sets the weight decay of {path!r}, which {default} already sets to 0. "
+            "Narrow the rule, or turn that exclusion off."
           )
-        wd_rule = i
-      if wd_rule is not None:
-        wd = rules[wd_rule].value
-      else:
-        wd = 0.0 if default is not None else self.weight_decay
-      excluded = default is not None or (wd_rule is not None and wd == 0.0)
-      adapt = (
-        (not excluded or not self.exclude_from_adaptation_follows_weight_decay) if is_lars else None
-      )
+        else:
+          setter, wd = here, rule.value
+      adapt = None
+      if self.kind in _LARS_KINDS:
+        excluded = default is not None or (setter is not None and wd == 0.0)
+        adapt = not excluded or not self.exclude_from_adaptation_follows_weight_decay
       out.append((path, scale, float(wd), adapt))
     for i, n in enumerate(hits):
       if n == 0 and paths:
@@ -845,10 +721,8 @@ class OptimizerConfig(_Config):
 
     ``adapt`` (layer adaptation) is None for non-LARS kinds. Raises like ``init``.
     """
-    return {
-      p: {"lr_scale": s, "weight_decay": w, "adapt": a}
-      for p, s, w, a in sorted(self._resolve(params))
-    }
+    keys = ("lr_scale", "weight_decay", "adapt")
+    return {p: dict(zip(keys, g)) for p, *g in sorted(self._resolve(params))}
 
   def build(self, *, axis_name: AxisNames = None) -> optax.GradientTransformationExtraArgs:
     """Returns the optimizer: clipping, then one optimizer instance per parameter group.
@@ -862,14 +736,10 @@ class OptimizerConfig(_Config):
     """
 
     def partition(tree: Any) -> optax.GradientTransformationExtraArgs:
-      resolved = self._resolve(tree)
-      labels, groups = [], {}
-      for _, scale, wd, adapt in resolved:
-        label = f"lr_scale={scale!r},weight_decay={wd!r},adapt={adapt}"
-        groups[label] = (scale, wd, adapt)
-        labels.append(label)
-      txs = {k: self._group_tx(*g, axis_name) for k, g in groups.items()}
-      return optax.multi_transform(txs, jax.tree.unflatten(jax.tree.structure(tree), labels))
+      groups = [(s, w, a) for _, s, w, a in self._resolve(tree)]
+      txs = {str(g): self._group_tx(*g, axis_name) for g in dict.fromkeys(groups)}
+      labels = jax.tree.unflatten(jax.tree.structure(tree), [str(g) for g in groups])
+      return optax.multi_transform(txs, labels)
 
     def init_fn(params):
       return partition(params).init(params)
@@ -877,9 +747,7 @@ class OptimizerConfig(_Config):
     def update_fn(updates, state, params=None, **extra_args):
       return partition(updates).update(updates, state, params, **extra_args)
 
-    parts: list[optax.GradientTransformation] = []
-    if self.clip_grad_value is not None:
-      parts.append(optax.clip(self.clip_grad_value))
+    clip = [optax.clip(self.clip_grad_value)] if self.clip_grad_value is not None else []
     if self.clip_grad_norm is not None:
-      parts.append(optax.clip_by_global_norm(self.clip_grad_norm))
-    return optax.chain(*parts, optax.GradientTransformationExtraArgs(init_fn, update_fn))
+      clip.append(optax.clip_by_global_norm(self.clip_grad_norm))
+    return optax.chain(*clip, optax.GradientTransformationExtraArgs(init_fn, update_fn))

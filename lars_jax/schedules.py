@@ -1,50 +1,21 @@
-r"""Learning-rate and weight-decay schedules, as functions and as YAML-able configs.
+r"""MLPerf-style learning-rate schedules, built from optax schedules.
 
-Every schedule here is an optax schedule: a function of the step count ``c = 0, 1, ...``
-(the count *before* the update, so the first update reads ``schedule(0)``) that returns
-a float32 scalar. Each has an optional linear warm-up from 0:
-
-.. math::
-
-  \gamma(c) = \gamma_0 \, c / W \quad (c < W), \qquad \text{then the schedule's own shape.}
-
-The config classes (`ConstantSchedule`, `WarmupCosineSchedule`,
-`WarmupPolynomialSchedule`, `PiecewiseSchedule`) are the ``schedule`` and
-``weight_decay_schedule`` fields of `lars_jax.OptimizerConfig`. They hold the *shape*;
-the peak value :math:`\gamma_0` is the config's ``lr`` (or ``weight_decay``), passed
-to ``build(base_value)``. ``end_value`` is absolute, in the units of that base.
-
-Example:
-  >>> from lars_jax import schedules
-  >>> s = schedules.WarmupPolynomialSchedule(warmup_steps=2, total_steps=6, end_value=0.0)
-  >>> lr = s.build(10.0)
-  >>> [round(float(lr(c)), 3) for c in range(8)]
-  [0.0, 5.0, 10.0, 6.4, 3.6, 1.6, 0.4, 0.0]
+Each function returns an optax schedule: a function of the step count ``c = 0, 1, ...``
+(the count *before* the update, so the first update reads ``schedule(0)``). Both start
+with an optional linear warm-up from 0 (`optax.linear_schedule`) and are joined to what
+follows with `optax.join_schedules`; they add only argument checks and the MLPerf
+conventions. The YAML-able schedule configs of `lars_jax.OptimizerConfig` live in
+`lars_jax.config`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from collections.abc import Sequence
 
-import jax.numpy as jnp
 import optax
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = [
-  "warmup_polynomial_decay",
-  "warmup_piecewise_constant",
-  "ConstantSchedule",
-  "WarmupCosineSchedule",
-  "WarmupPolynomialSchedule",
-  "PiecewiseSchedule",
-  "Schedule",
-]
-
-_Steps = Annotated[int, Field(ge=0, strict=True)]
-_PositiveSteps = Annotated[int, Field(gt=0, strict=True)]
-_NonNeg = Annotated[float, Field(ge=0.0, strict=True, allow_inf_nan=False)]
-_Positive = Annotated[float, Field(gt=0.0, strict=True, allow_inf_nan=False)]
+__all__ = ["warmup_polynomial_decay", "warmup_piecewise_constant"]
 
 
 def _check_steps(name: str, value: int, *, positive: bool = False) -> None:
@@ -60,15 +31,14 @@ def _check_value(name: str, value: float) -> None:
     raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
 
 
-def _with_warmup(peak: float, warmup_steps: int, after: optax.Schedule) -> optax.Schedule:
-  if warmup_steps == 0:
-    return after
-
-  def schedule(count):
-    c = jnp.asarray(count, jnp.float32)
-    return jnp.where(c < warmup_steps, peak * c / warmup_steps, after(count))
-
-  return schedule
+def _warmup_then(
+  peak: float, warmup_steps: int, schedules: Sequence[optax.Schedule], boundaries: Sequence[int]
+) -> optax.Schedule:
+  """`schedules` joined at `boundaries`, after a linear warm-up from 0 to `peak`."""
+  if warmup_steps:
+    schedules = [optax.linear_schedule(0.0, peak, warmup_steps), *schedules]
+    boundaries = [warmup_steps, *boundaries]
+  return optax.join_schedules(schedules, boundaries)
 
 
 def warmup_polynomial_decay(
@@ -86,12 +56,15 @@ def warmup_polynomial_decay(
   .. math::
 
     \gamma(c) = \begin{cases}
-      \gamma_0\, c / W & c \le W \\
-      \gamma_e + (\gamma_0 - \gamma_e)\,(1 - \min(c - W, D) / D)^p & c > W
+      \gamma_0\, c / W & c < W \\
+      \gamma_e + (\gamma_0 - \gamma_e)\,(1 - \min(c - W, D) / D)^p & c \ge W
     \end{cases}
 
   so the peak :math:`\gamma_0` is reached at :math:`c = W` and the rate never quite
   reaches :math:`\gamma_e` within :math:`T` steps. ``warmup_steps=0`` starts at the peak.
+  This is ``optax.join_schedules`` of ``optax.linear_schedule(0, peak, W)``,
+  ``optax.polynomial_schedule(peak, end, power, D)`` and, from :math:`c = W + D` on,
+  ``optax.constant_schedule(end)`` (which keeps a fractional power finite under `jit`).
 
   Args:
     peak_value: :math:`\gamma_0 \ge 0`.
@@ -118,22 +91,17 @@ def warmup_polynomial_decay(
   if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
     raise ValueError(f"`power` must be a number > 0 (MLPerf uses 2), got {power!r}.")
   decay_steps = total_steps - warmup_steps + 1
-
-  def schedule(count):
-    c = jnp.asarray(count, jnp.float32)
-    frac = 1.0 - jnp.minimum(c - warmup_steps, decay_steps) / decay_steps
-    decayed = end_value + (peak_value - end_value) * jnp.maximum(frac, 0.0) ** power
-    if warmup_steps == 0:
-      return decayed
-    return jnp.where(c <= warmup_steps, peak_value * c / warmup_steps, decayed)
-
-  return schedule
+  decay = optax.polynomial_schedule(peak_value, end_value, power, decay_steps)
+  # After the decay, the constant end value: under jit, XLA may round optax's
+  # 1 - count / decay_steps to -1e-8 there, and a fractional power of it is NaN.
+  end = optax.constant_schedule(end_value)
+  return _warmup_then(peak_value, warmup_steps, [decay, end], [warmup_steps + decay_steps])
 
 
 def warmup_piecewise_constant(
   base_value: float,
-  boundaries: tuple[int, ...] | list[int],
-  factors: tuple[float, ...] | list[float],
+  boundaries: Sequence[int],
+  factors: Sequence[float],
   warmup_steps: int = 0,
 ) -> optax.Schedule:
   r"""Step decay: ``base_value * factors[i]`` once the count reaches ``boundaries[i]``.
@@ -144,7 +112,8 @@ def warmup_piecewise_constant(
 
   after a linear warm-up :math:`\gamma_0 c / W` for :math:`c < W`. The factors are
   relative to `base_value`, not to the previous piece (``[0.1, 0.01]``, not
-  ``[0.1, 0.1]``).
+  ``[0.1, 0.1]``). This is `optax.join_schedules` of `optax.constant_schedule` pieces
+  (`optax.piecewise_constant_schedule` multiplies factors, which cannot follow a 0).
 
   Args:
     base_value: :math:`\gamma_0 \ge 0`.
@@ -163,7 +132,7 @@ def warmup_piecewise_constant(
   """
   _check_value("base_value", base_value)
   _check_steps("warmup_steps", warmup_steps)
-  boundaries, factors = tuple(boundaries), tuple(factors)
+  boundaries, factors = list(boundaries), list(factors)
   if len(boundaries) != len(factors):
     raise ValueError(
       f"`boundaries` ({len(boundaries)}) and `factors` ({len(factors)}) must have the "
@@ -176,124 +145,8 @@ def warmup_piecewise_constant(
         f"`boundaries[{i}]` ({b}) must be greater than `warmup_steps` ({warmup_steps})."
       )
     if i and b <= boundaries[i - 1]:
-      raise ValueError(f"`boundaries` must be strictly increasing, got {list(boundaries)}.")
+      raise ValueError(f"`boundaries` must be strictly increasing, got {boundaries}.")
   for i, f in enumerate(factors):
     _check_value(f"factors[{i}]", f)
-  values = jnp.asarray((1.0, *factors), jnp.float32) * base_value
-  bounds = jnp.asarray(boundaries, jnp.int32)
-
-  def after(count):
-    k = jnp.sum(jnp.asarray(count) >= bounds)
-    return values[k]
-
-  return _with_warmup(base_value, warmup_steps, after)
-
-
-# ----------------------------------------------------------------------------
-# Configs (pydantic): the `schedule` / `weight_decay_schedule` of OptimizerConfig.
-
-
-class _ScheduleConfig(BaseModel):
-  model_config = ConfigDict(extra="forbid", frozen=True)
-
-  # Each subclass declares `kind` then `warmup_steps` (linear warm-up from 0 to the
-  # base value over that many steps), so that YAML shows `kind` first.
-
-  def build(self, base_value: float) -> optax.Schedule | float:
-    """Returns the schedule (a Python float for a constant without warm-up)."""
-    raise NotImplementedError
-
-
-class ConstantSchedule(_ScheduleConfig):
-  """The base value, after an optional linear warm-up."""
-
-  kind: Literal["constant"] = "constant"
-  warmup_steps: _Steps = 0
-
-  def build(self, base_value: float) -> optax.Schedule | float:
-    if self.warmup_steps == 0:
-      return float(base_value)
-    return _with_warmup(
-      base_value, self.warmup_steps, lambda c: jnp.asarray(base_value, jnp.float32)
-    )
-
-
-class WarmupCosineSchedule(_ScheduleConfig):
-  r"""Warm-up, then cosine decay to `end_value` at `total_steps` (then constant).
-
-  :math:`\gamma_e + (\gamma_0 - \gamma_e)(1 + \cos(\pi t)) / 2` with
-  :math:`t = \min(c - W, T - W) / (T - W)`: `optax.warmup_cosine_decay_schedule`
-  with ``init_value=0`` and ``decay_steps=total_steps`` (which includes the warm-up).
-  """
-
-  kind: Literal["warmup_cosine"] = "warmup_cosine"
-  warmup_steps: _Steps = 0
-  total_steps: _PositiveSteps
-  end_value: _NonNeg = 0.0
-
-  @model_validator(mode="after")
-  def _check(self) -> WarmupCosineSchedule:
-    if self.total_steps <= self.warmup_steps:
-      raise ValueError(
-        f"total_steps ({self.total_steps}) must exceed warmup_steps ({self.warmup_steps})."
-      )
-    return self
-
-  def build(self, base_value: float) -> optax.Schedule:
-    return optax.warmup_cosine_decay_schedule(
-      init_value=0.0,
-      peak_value=base_value,
-      warmup_steps=self.warmup_steps,
-      decay_steps=self.total_steps,
-      end_value=self.end_value,
-    )
-
-
-class WarmupPolynomialSchedule(_ScheduleConfig):
-  """Warm-up, then polynomial decay as in the MLPerf LARS recipes
-  (see `warmup_polynomial_decay`)."""
-
-  kind: Literal["warmup_polynomial"] = "warmup_polynomial"
-  warmup_steps: _Steps = 0
-  total_steps: _PositiveSteps
-  end_value: _NonNeg = 1e-4
-  power: _Positive = 2.0
-
-  @model_validator(mode="after")
-  def _check(self) -> WarmupPolynomialSchedule:
-    if self.total_steps <= self.warmup_steps:
-      raise ValueError(
-        f"total_steps ({self.total_steps}) must exceed warmup_steps ({self.warmup_steps})."
-      )
-    return self
-
-  def build(self, base_value: float) -> optax.Schedule:
-    return warmup_polynomial_decay(
-      base_value, self.warmup_steps, self.total_steps, self.end_value, self.power
-    )
-
-
-class PiecewiseSchedule(_ScheduleConfig):
-  """Warm-up, then step decay by factors of the base value
-  (see `warmup_piecewise_constant`)."""
-
-  kind: Literal["piecewise"] = "piecewise"
-  warmup_steps: _Steps = 0
-  boundaries: tuple[_PositiveSteps, ...]
-  factors: tuple[_NonNeg, ...]
-
-  @model_validator(mode="after")
-  def _check(self) -> PiecewiseSchedule:
-    # Same checks (and messages) as the function.
-    warmup_piecewise_constant(1.0, self.boundaries, self.factors, self.warmup_steps)
-    return self
-
-  def build(self, base_value: float) -> optax.Schedule:
-    return warmup_piecewise_constant(base_value, self.boundaries, self.factors, self.warmup_steps)
-
-
-Schedule = Annotated[
-  ConstantSchedule | WarmupCosineSchedule | WarmupPolynomialSchedule | PiecewiseSchedule,
-  Field(discriminator="kind"),
-]
-"""Any schedule config, chosen by its ``kind`` field in YAML."""
+  pieces = [optax.constant_schedule(base_value * f) for f in (1.0, *factors)]
+  return _warmup_then(base_value, warmup_steps, pieces, boundaries)

@@ -21,9 +21,15 @@ import pytest
 import yaml
 
 import lars_jax
-from lars_jax import LARSConfig, OptimizerConfig, schedules
-from lars_jax.config import ConfigKeyError, RestrictionError
-from lars_jax.presets import tf_lars, torch_lars
+from lars_jax import LARSConfig, OptimizerConfig, schedules, tf_lars, torch_lars
+from lars_jax.config import (
+  ConfigKeyError,
+  ConstantSchedule,
+  PiecewiseSchedule,
+  RestrictionError,
+  WarmupCosineSchedule,
+  WarmupPolynomialSchedule,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tests" / "configs"
@@ -121,26 +127,26 @@ def np_piecewise(c, base, boundaries, factors, warmup):
   "cfg, ref",
   [
     (
-      schedules.WarmupPolynomialSchedule(warmup_steps=5, total_steps=20, end_value=1e-4),
+      WarmupPolynomialSchedule(warmup_steps=5, total_steps=20, end_value=1e-4),
       lambda c: np_poly(c, 2.5, 5, 20, 1e-4, 2.0),
     ),
     (
-      schedules.WarmupPolynomialSchedule(warmup_steps=0, total_steps=9, end_value=0.1, power=1.5),
+      WarmupPolynomialSchedule(warmup_steps=0, total_steps=9, end_value=0.1, power=1.5),
       lambda c: np_poly(c, 2.5, 0, 9, 0.1, 1.5),
     ),
     (
-      schedules.WarmupCosineSchedule(warmup_steps=4, total_steps=12, end_value=0.01),
+      WarmupCosineSchedule(warmup_steps=4, total_steps=12, end_value=0.01),
       lambda c: np_cosine(c, 2.5, 4, 12, 0.01),
     ),
     (
-      schedules.WarmupCosineSchedule(total_steps=7),
+      WarmupCosineSchedule(total_steps=7),
       lambda c: np_cosine(c, 2.5, 0, 7, 0.0),
     ),
     (
-      schedules.PiecewiseSchedule(warmup_steps=2, boundaries=[4, 7], factors=[0.1, 0.0]),
+      PiecewiseSchedule(warmup_steps=2, boundaries=[4, 7], factors=[0.1, 0.0]),
       lambda c: np_piecewise(c, 2.5, [4, 7], [0.1, 0.0], 2),
     ),
-    (schedules.ConstantSchedule(warmup_steps=3), lambda c: 2.5 * min(c / 3, 1.0)),
+    (ConstantSchedule(warmup_steps=3), lambda c: 2.5 * min(c / 3, 1.0)),
   ],
 )
 def test_schedule_values(cfg, ref):
@@ -155,13 +161,13 @@ def test_mlperf_schedule_hand_values():
   np.testing.assert_allclose(
     [float(fn(c)) for c in range(6)], [0, 5, 10, 40 / 9, 10 / 9, 0], rtol=1e-6, atol=1e-6
   )
-  assert schedules.ConstantSchedule().build(0.3) == 0.3  # a float: no schedule state
+  assert ConstantSchedule().build(0.3) == 0.3  # a float: no schedule state
 
 
 @pytest.mark.parametrize(
   "kwargs, match",
   [
-    (dict(kind="warmup_cosine", warmup_steps=5, total_steps=5), "must exceed warmup_steps"),
+    (dict(kind="warmup_cosine", warmup_steps=5, total_steps=5), "must exceed `warmup_steps`"),
     (dict(kind="warmup_polynomial", total_steps=0), "total_steps"),
     (dict(kind="warmup_polynomial", total_steps=5, power=0), "power"),
     (dict(kind="warmup_polynomial", total_steps=5, end_value=-1.0), "end_value"),
@@ -742,7 +748,9 @@ def test_mlperf_example_yaml():
     [float(sched(c)) for c in steps],
     [np_poly(c, 29.0, 720, 2560, 1e-4, 2.0) for c in steps],
     rtol=1e-6,
-    atol=1e-7,
+    # optax.linear_schedule computes the warm-up as peak - peak * (1 - c / W): float32
+    # rounding of up to one ulp of the peak (1.9e-6) where the rate is still small.
+    atol=float(np.spacing(np.float32(29.0))),
   )
   resnet = {
     "conv_init": {"kernel": jnp.ones((7, 7, 3, 8))},
@@ -819,7 +827,7 @@ def test_under_jit_equals_eager():
     (
       dict(param_group_modifiers=[{"name": "a", "lr_scale": 1.0}]),
       "param_group_modifiers.0.lr_scale",
-      "Extra inputs",
+      "unknown key 'lr_scale' for ParamGroupRule. Did you mean 'scale'",
     ),
     (dict(weight_decay_schedule={"kind": "constant"}), "weight_decay_schedule", "weight_decay > 0"),
     (
@@ -896,7 +904,7 @@ def test_optimizer_config_override_merges_nested():
     cfg.override({"options": {"momentun": 0.5}})
   # A schedule of another kind replaces the old one whole.
   new = cfg.override({"schedule": {"kind": "constant"}})
-  assert new.schedule == schedules.ConstantSchedule()
+  assert new.schedule == ConstantSchedule()
   with pytest.raises(ConfigKeyError, match="'schedule.total_step' does not exist.*'total_steps'"):
     cfg.override({"schedule": {"total_step": 10}})
   new = cfg.override({"param_group_modifiers": [{"name": "head.kernel", "scale": 0.5}]})
