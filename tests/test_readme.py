@@ -94,21 +94,63 @@ def test_migration_one_liners_build_and_step(i):
     np.testing.assert_allclose(bias_step, -0.1 * 0.5, rtol=1e-6)
 
 
-def test_larsconfig_example_builds_tf_lars():
-  blocks = python_blocks("Configs in YAML")
-  (block,) = [b for b in blocks if "LARSConfig.from_yaml" in b]
-  ns, _ = _run(block, {"lars_jax": lars_jax})
-  cfg = ns["cfg"]
+def _config_block(name: str) -> str:
+  (block,) = [b for b in python_blocks("Configs in YAML") if f"{name}.from_yaml" in b]
+  return block
+
+
+def _flax_params() -> dict:
+  """A Flax Linen model's params: Conv_0, BatchNorm_0, Dense_0 (kernels, biases, scale)."""
+  nn = pytest.importorskip("flax.linen")
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.BatchNorm(use_running_average=True)(nn.Conv(4, (3, 3))(x))
+      return nn.Dense(2)(x.mean(axis=(1, 2)))
+
+  return Net().init(jax.random.key(0), jnp.ones((1, 6, 6, 3)))["params"]
+
+
+def _by_path(tree) -> dict:
+  return dict(zip(jax.tree.leaves(lars_jax.masks.tree_paths(tree)), jax.tree.leaves(tree)))
+
+
+def test_larsconfig_example_runs_on_a_flax_model():
+  params = _flax_params()
+  ns, _ = _run(_config_block("LARSConfig"), {"params": params})
+  cfg, tx, lr = ns["cfg"], ns["tx"], ns["lr"]
   assert cfg.weight_decay_rate == 1e-6
-  assert tuple(cfg.exclude_from_weight_decay) == ("batch_normalization", "bias")
-  params = {
-    "dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
-    "batch_normalization": {"gamma": jnp.ones(2)},
+  assert cfg.exclude_from_weight_decay == ("BatchNorm", "bias")
+  grads = jax.tree.map(lambda p: 0.5 * jnp.ones_like(p), params)
+  _, state = tx.update(grads, ns["state"], params)  # schedule(0) = 0: a zero step
+  updates = _by_path(tx.update(grads, state, params)[0])  # schedule(1) = 3.2 / 500
+  w, g = _by_path(params), _by_path(grads)
+  for path in ["BatchNorm_0/scale", "BatchNorm_0/bias", "Conv_0/bias", "Dense_0/bias"]:
+    # Excluded by the Flax names: no decay, no trust ratio, a momentum-SGD step.
+    np.testing.assert_allclose(updates[path], -lr(1) * g[path], rtol=1e-6, err_msg=path)
+  for path in ["Conv_0/kernel", "Dense_0/kernel"]:
+    u = g[path] + 1e-6 * w[path]
+    ratio = 0.001 * jnp.linalg.norm(w[path]) / jnp.linalg.norm(u)
+    np.testing.assert_allclose(updates[path], -lr(1) * ratio * u, rtol=1e-5, err_msg=path)
+  # The Keras names the text warns about match nothing on this model.
+  keras = cfg.override({"exclude_from_weight_decay": ["batch_normalization", "bias"]})
+  with pytest.raises(ValueError, match="'batch_normalization' matches no parameter"):
+    keras.build(0.1).init(params)
+
+
+def test_optimizer_config_example_on_a_flax_resnet_tree(monkeypatch):
+  block = _config_block("OptimizerConfig")
+  monkeypatch.chdir(ROOT)  # the block reads examples/... from the repository root
+  params = {  # the MLPerf Flax ResNet-50's names, tiny shapes
+    "conv_init": {"kernel": jnp.ones((7, 7, 3, 8))},
+    "bn_init": {"scale": jnp.ones(8), "bias": jnp.zeros(8)},
+    "stage1_block1": {"conv1": {"kernel": jnp.ones((1, 1, 8, 8))}},
+    "head": {"kernel": jnp.ones((8, 10)), "bias": jnp.zeros(10)},
   }
-  tx = ns["tx"]
-  updates, _ = tx.update(params, tx.init(params), params)
-  # Step 0 of a warm-up schedule: learning rate 0, so the first step is exactly zero.
-  assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(updates))
+  _, out = _run(block, {"params": params})
+  (printed,) = re.findall(r"print\(.*\)\s+# (.*)", block)
+  assert out.strip() == printed
 
 
 def test_ci_runs_the_readme_test_command():
