@@ -148,9 +148,9 @@ class _Model(pydantic.BaseModel):
   @classmethod
   def _known_keys(cls, data: Any, info: pydantic.ValidationInfo) -> Any:
     # Like extra='forbid', plus "did you mean". Configs with extra='allow' keep unknown
-    # keys when validated with context {'is_strict': False}, and on assignment.
-    relaxed = cls.model_config.get("extra") == "allow" and (
-      info.field_name is not None or (info.context or {}).get("is_strict") is False
+    # keys when validated with context {'is_strict': False}.
+    relaxed = (
+      cls.model_config.get("extra") == "allow" and (info.context or {}).get("is_strict") is False
     )
     unknown = [k for k in data if k not in cls.model_fields] if isinstance(data, Mapping) else []
     if not unknown or relaxed:
@@ -166,7 +166,7 @@ class _Model(pydantic.BaseModel):
 class _Config(_Model):
   """A top-level config: YAML and dict round trips, override, lock, validate."""
 
-  model_config = pydantic.ConfigDict(extra="allow", frozen=False, validate_assignment=True)
+  model_config = pydantic.ConfigDict(extra="allow", frozen=False)
   _locked: bool = pydantic.PrivateAttr(default=False)
 
   def as_dict(self) -> dict[str, Any]:
@@ -298,14 +298,16 @@ class _Config(_Model):
     return value
 
   def __setattr__(self, name: str, value: Any) -> None:
-    cls = type(self).__name__
-    if not name.startswith("_") and self._locked:
-      raise ValueError(f"{cls} is locked: cannot set {name!r}. `override` gives a modified copy.")
-    if not name.startswith("_") and name not in type(self).model_fields:
-      raise ConfigKeyError(
-        f"{cls} has no field {name!r}.{_did_you_mean(name, list(type(self).model_fields))}"
-        " To add a key, use override({...}, is_strict=False)."
-      )
+    if not name.startswith("_"):  # public fields: check the whole config with the new value
+      cls, fields = type(self), list(type(self).model_fields)
+      if self._locked:
+        raise ValueError(f"{cls.__name__} is locked: cannot set {name!r}. Use `override`.")
+      if name not in fields:
+        raise ConfigKeyError(
+          f"{cls.__name__} has no field {name!r}.{_did_you_mean(name, fields)} To add a "
+          "key, use override({...}, is_strict=False)."
+        )
+      value = getattr(cls.from_dict({**self.model_dump(), name: value}, is_strict=False), name)
     super().__setattr__(name, value)
 
   def __delattr__(self, name: str) -> None:

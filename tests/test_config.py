@@ -10,7 +10,12 @@ Tolerances: rtol 1e-6, atol 1e-7 between two float32 runs of the same arithmetic
 from __future__ import annotations
 
 import math
+import os
 import pathlib
+import re
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -936,3 +941,40 @@ def test_optimizer_config_yaml_round_trip(tmp_path):
     OptimizerConfig.from_yaml(EXAMPLE).to_yaml()
     == OptimizerConfig.from_yaml(OptimizerConfig.from_yaml(EXAMPLE).to_yaml()).to_yaml()
   )
+
+
+# ----------------------------------------------------------------------------
+# The optimizers without the `config` extra.
+
+
+def test_optimizers_need_neither_pydantic_nor_yaml():
+  # A fresh interpreter where `import pydantic` / `import yaml` fail, as when the
+  # `config` extra is not installed.
+  code = textwrap.dedent(
+    """
+    import sys
+    for name in ("pydantic", "pydantic_core", "yaml"):
+      sys.modules[name] = None  # makes `import name` raise ImportError
+    import jax.numpy as jnp
+    import lars_jax
+    from lars_jax import schedules
+    tx, p = lars_jax.lars(0.1), {"w": jnp.ones((2, 2))}
+    tx.update(p, tx.init(p), p)
+    print(float(schedules.warmup_polynomial_decay(1.0, 1, 3)(1)))
+    for name in ("LARSConfig", "OptimizerConfig"):
+      try:
+        getattr(lars_jax, name)
+      except ImportError as e:
+        print(name, "ImportError:", e)
+    """
+  )
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  run = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+  )
+  assert run.returncode == 0, run.stderr
+  lines = run.stdout.splitlines()
+  assert lines[0] == "1.0"
+  for name, line in zip(("LARSConfig", "OptimizerConfig"), lines[1:], strict=True):
+    assert line.startswith(f"{name} ImportError:"), run.stdout
+    assert re.search(r"pip install ['\"]?lars_jax\[config\]", line), line
