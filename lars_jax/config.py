@@ -1,14 +1,12 @@
 """Typed optimizer configs that live in YAML and build optax transformations.
 
 Needs the ``config`` extra (``pip install lars_jax[config]``: pydantic v2 and PyYAML).
-`LARSConfig` is TensorFlow Model Garden's LARS config (``build`` gives
-`lars_jax.tf_lars`); `OptimizerConfig` puts per-name parameter-group rules, default
-exclusions, clipping and schedules (`ConstantSchedule`, `WarmupCosineSchedule`,
-`WarmupPolynomialSchedule`, `PiecewiseSchedule`) over any LARS flavour or optax
-optimizer. Both are pydantic models checked on creation, with errors that name the field
-(and the closest key for a typo), and share Model Garden's ``ParamsDict`` methods:
+`LARSConfig` (TensorFlow Model Garden's, builds `lars_jax.tf_lars`) and `OptimizerConfig`
+(per-name rules, exclusions, clipping and the schedule configs below over any LARS flavour
+or optax optimizer) are pydantic models checked on creation, with errors that name the
+field and the closest key of a typo, and Model Garden's ``ParamsDict`` methods:
 ``from_yaml``/``to_yaml``, ``from_dict``/``as_dict``, ``override(d, is_strict=True)``,
-``lock()`` and ``validate(restrictions)``. Schedules and rules are frozen models.
+``lock()``, ``validate(restrictions)``. Schedules and rules are frozen models.
 """
 
 from __future__ import annotations
@@ -561,29 +559,23 @@ def _times(x: optax.ScalarOrSchedule, factor: float) -> optax.ScalarOrSchedule:
 class OptimizerConfig(_Config):
   r"""An optimizer with per-parameter rules; `build` gives one transformation.
 
-  ``kind`` is ``'lars'`` (`lars_jax.lars`), ``'tf_lars'``, ``'torch_lars'`` (the
-  presets) or an optax optimizer (``'sgd'``, ``'adamw'``, ``'optax.lamb'``...);
-  ``options`` holds its other keyword arguments, checked against its signature and values
-  on creation (unset ones keep the function's defaults).
+  ``kind`` is ``'lars'``, ``'tf_lars'``, ``'torch_lars'`` or an optax optimizer (``'sgd'``,
+  ``'optax.adamw'``...); ``options`` are its other keyword arguments, checked on creation.
 
-  A parameter's learning rate is ``lr`` (or ``schedule`` with ``lr`` as base) times the
+  A parameter's learning rate is ``lr`` (or ``schedule`` with base ``lr``) times the
   ``scale`` of every rule that selects it. Its weight decay is ``weight_decay``, or the
-  ``value`` of the one rule that sets it, or 0 where a default exclusion applies (as in
-  noether): ``exclude_bias_from_weight_decay`` (last path component ``bias``) and
-  ``exclude_normalization_params_from_weight_decay`` (``ndim <= 1``);
-  ``weight_decay_schedule`` scales every decayed rate by ``schedule(c) / weight_decay``.
-  For the LARS kinds, a parameter without weight decay (by a default or a ``value: 0``
-  rule) is not layer-adapted either while ``exclude_from_adaptation_follows_weight_decay``.
-  optax optimizers without a ``weight_decay`` argument get ``optax.add_decayed_weights``
-  first. ``clip_grad_value`` (`optax.clip`) then ``clip_grad_norm``
-  (`optax.clip_by_global_norm`) clip the raw gradients before everything.
+  ``value`` of the one rule that sets it, or 0 under a default exclusion (last path
+  component ``bias``; ``ndim <= 1``), times ``weight_decay_schedule(c) / weight_decay``.
+  For the LARS kinds, no weight decay means no layer adaptation while
+  ``exclude_from_adaptation_follows_weight_decay``. Optimizers without a ``weight_decay``
+  argument get ``optax.add_decayed_weights`` first. ``clip_grad_value``, then
+  ``clip_grad_norm``, clip the raw gradients.
 
-  `build` runs one instance of the optimizer per group of equal (scale, weight decay,
-  adaptation) (`optax.multi_transform`), so the numbers are those of the optimizer built
-  by hand with these masks. Rules are resolved at ``init``: a rule that selects nothing,
-  two rules setting one parameter's weight decay, or a ``value`` rule where a default
-  exclusion applies raise ``ValueError`` naming the rules. `param_groups` shows the
-  resolution.
+  `build` runs one optimizer per group of equal (scale, weight decay, adaptation) in
+  `optax.multi_transform`: the numbers of the optimizer built by hand with these masks.
+  Rules are resolved at ``init``: one that selects nothing, two that set one parameter's
+  weight decay, or a ``value`` where a default exclusion applies raise ``ValueError``
+  naming the rules. `param_groups` shows the resolution.
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
