@@ -1,58 +1,74 @@
-"""lars_jax: LARS and large-batch training for JAX and optax."""
+"""lars_jax: LARS and large-batch training for JAX and optax.
+
+The optimizers need only jax and optax. The YAML configs (`LARSConfig`,
+`OptimizerConfig`) need pydantic and PyYAML (``pip install lars_jax[config]``) and are
+imported on first use.
+"""
+
+from typing import Any
 
 from lars_jax import masks, schedules
-from lars_jax.config import LARSConfig, OptimizerConfig
-from lars_jax.diagnostics import diagnostics_to_floats, layer_diagnostics
-from lars_jax.lars import lars
+from lars_jax._numerics import trust_ratio
+from lars_jax.diagnostics import layer_stats
+from lars_jax.lars import lars, state_from_optax_lars
 from lars_jax.presets import (
-  ScaleByLarcState,
-  ScaleBySumNormsTrustRatioState,
-  TorchTraceState,
   keras_clip,
   larc,
-  scale_by_larc,
   scale_by_sum_norms_trust_ratio,
   tf_lars,
   torch_lars,
-  torch_trace,
 )
 from lars_jax.transforms import (
-  AddDecayedWeightsState,
-  ScaleByLearningRateState,
+  LayerStats,
+  TorchTraceState,
   TraceState,
+  TrustRatioState,
   add_decayed_weights,
   scale_by_learning_rate,
   scale_by_trust_ratio,
+  scale_by_trust_ratio_with_decay,
   trace,
-  trust_ratio,
 )
 
 __version__ = "0.1.0"
 
+_CONFIG_NAMES = ("LARSConfig", "OptimizerConfig")
+
+
+def __getattr__(name: str) -> Any:
+  """Imports the config module (pydantic, PyYAML) only when a config is first used."""
+  if name in _CONFIG_NAMES:
+    try:
+      from lars_jax import config
+    except ImportError as e:
+      raise ImportError(
+        f"lars_jax.{name} needs pydantic and PyYAML: pip install 'lars_jax[config]' ({e})."
+      ) from e
+    return getattr(config, name)
+  raise AttributeError(f"module 'lars_jax' has no attribute {name!r}")
+
+
 __all__ = [
-  "AddDecayedWeightsState",
   "LARSConfig",
+  "LayerStats",
   "OptimizerConfig",
-  "ScaleByLarcState",
-  "ScaleByLearningRateState",
-  "ScaleBySumNormsTrustRatioState",
   "TorchTraceState",
   "TraceState",
+  "TrustRatioState",
   "add_decayed_weights",
-  "diagnostics_to_floats",
   "keras_clip",
   "larc",
   "lars",
-  "layer_diagnostics",
+  "layer_stats",
   "masks",
   "schedules",
-  "scale_by_larc",
   "scale_by_learning_rate",
   "scale_by_sum_norms_trust_ratio",
   "scale_by_trust_ratio",
+  "scale_by_trust_ratio_with_decay",
+  "state_from_optax_lars",
   "tf_lars",
   "torch_lars",
-  "torch_trace",
   "trace",
   "trust_ratio",
 ]

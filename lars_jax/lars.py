@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import optax
 
 from lars_jax import _checks, transforms
 from lars_jax import masks as masks_lib
-from lars_jax.transforms import AxisNames, ScalarOrSchedule
+from lars_jax._tree import AxisNames
 
 
 def lars(
-  learning_rate: ScalarOrSchedule,
-  weight_decay: ScalarOrSchedule = 0.0,
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
   weight_decay_mask: masks_lib.Mask = True,
   trust_coefficient: float = 0.001,
   eps: float = 0.0,
@@ -23,6 +24,7 @@ def lars(
   *,
   axis_name: AxisNames = None,
   accumulator_dtype: Any | None = None,
+  keep_stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LARS (You, Gitman & Ginsburg, 2017): SGD with layer-wise adaptive rates.
 
@@ -38,7 +40,8 @@ def lars(
     v &\leftarrow \mu v + \gamma(c)\, r\, u, \qquad
     w \leftarrow w - v \quad (\text{Nesterov: } w \leftarrow w - (\gamma(c) r u + \mu v))
 
-  It is exactly this chain, so you can rebuild it, swap a piece or insert your own::
+  It gives the numbers of this chain, so you can rebuild it, swap a piece or insert
+  your own::
 
     optax.chain(
         lars_jax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
@@ -46,6 +49,9 @@ def lars(
         lars_jax.scale_by_learning_rate(learning_rate),
         lars_jax.trace(momentum, nesterov=nesterov),
     )
+
+  (`lars` itself uses `scale_by_trust_ratio_with_decay` for the first two, which
+  allocates no parameter-sized temporary under `jit`; the numbers are the same.)
 
   The learning rate is applied *before* the momentum trace (TF's "classic momentum"):
   under a schedule the buffer remembers the rates it was built with.
@@ -67,6 +73,8 @@ def lars(
     axis_name: mesh axes each leaf is split over under `shard_map` (see
       `scale_by_trust_ratio`); None under `jit`/pjit and for replicated params.
     accumulator_dtype: dtype of the momentum buffer (default: the params' dtype).
+    keep_stats: keep each adapted leaf's parameter norm, update norm and trust ratio
+      of the last step in the state, for logging with `lars_jax.layer_stats`.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -92,20 +100,90 @@ def lars(
     You, Gitman & Ginsburg, `Large Batch Training of Convolutional Networks
     <https://arxiv.org/abs/1708.03888>`_, 2017.
   """
-  _checks.check_scalar(
-    "learning_rate",
-    learning_rate,
-    fix="Pass a non-negative number or an optax schedule.",
-  )
-  _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable it.")
-  _checks.check_scalar("trust_coefficient", trust_coefficient, fix="0.001 is usual.")
-  _checks.check_scalar("eps", eps, fix="Use 0.0 or a small positive value.")
+  _checks.check_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
   return optax.chain(
-    transforms.add_decayed_weights(weight_decay, mask=weight_decay_mask),
-    transforms.scale_by_trust_ratio(
-      trust_coefficient, eps, mask=trust_ratio_mask, axis_name=axis_name
+    transforms.scale_by_trust_ratio_with_decay(
+      weight_decay,
+      trust_coefficient,
+      eps,
+      weight_decay_mask=weight_decay_mask,
+      trust_ratio_mask=trust_ratio_mask,
+      axis_name=axis_name,
+      keep_stats=keep_stats,
     ),
     transforms.scale_by_learning_rate(learning_rate),
     transforms.trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype),
   )
+
+
+def state_from_optax_lars(optax_state: Any, init_state: Any) -> Any:
+  """Continues an `optax.lars` run with `lars_jax.lars`: converts its optimizer state.
+
+  `optax.lars` and `lars_jax.lars` compute the same steps but keep different state
+  trees (optax wraps its pieces in ``MaskedState``; ours has one count for a
+  weight-decay schedule). This returns `init_state` (a fresh
+  ``lars_jax.lars(...).init(params)`` with the same hyperparameters) holding the
+  momentum buffer and schedule counts of `optax_state`, so that training continues
+  bit for bit as it would have with `optax.lars`. Restore an `optax.lars` checkpoint
+  into ``optax.lars(...).init(params)`` first (its own structure), then convert.
+
+  Args:
+    optax_state: the state of ``optax.lars(...)`` (a 4-tuple).
+    init_state: ``lars_jax.lars(...).init(params)`` with the same hyperparameters.
+
+  Returns:
+    `init_state`'s structure with `optax_state`'s values.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, lars_jax
+    >>> params = {'w': jnp.ones((2, 2))}
+    >>> theirs = optax.lars(0.1)
+    >>> s = theirs.init(params)
+    >>> _, s = theirs.update({'w': jnp.ones((2, 2))}, s, params)
+    >>> ours = lars_jax.state_from_optax_lars(s, lars_jax.lars(0.1).init(params))
+    >>> bool((ours[-1].trace['w'] == s[-1].trace['w']).all())
+    True
+  """
+  name = "state_from_optax_lars"
+  if not (isinstance(optax_state, tuple) and len(optax_state) == 4):
+    raise ValueError(
+      f"{name}: `optax_state` must be the 4-tuple state of optax.lars (decay, trust "
+      f"ratio, learning rate, trace), got {type(optax_state).__name__}."
+    )
+  if not (isinstance(init_state, tuple) and len(init_state) == 3):
+    raise ValueError(
+      f"{name}: `init_state` must be a lars_jax.lars(...).init(params) state, got "
+      f"{type(init_state).__name__}."
+    )
+  decay, _, lr, momentum = optax_state
+  ours_ratio, ours_lr, ours_trace = init_state
+
+  def count_of(state: Any, what: str, required: bool = True) -> Any:
+    while isinstance(state, optax.MaskedState):
+      state = state.inner_state
+    count = state.count if "count" in getattr(state, "_fields", ()) else None
+    if count is None and required:
+      raise ValueError(
+        f"{name}: lars_jax's state counts {what} steps (a schedule) but optax's "
+        f"does not ({type(state).__name__}): build both with the same {what}."
+      )
+    return count
+
+  if isinstance(ours_ratio, optax.ScaleByScheduleState):
+    ours_ratio = ours_ratio._replace(count=count_of(decay, "weight-decay"))
+  elif isinstance(ours_ratio, transforms.TrustRatioState):  # keep_stats: a step count
+    count = count_of(decay, "weight-decay", required=False)
+    if count is None:
+      count = count_of(lr, "learning-rate", required=False)
+    if count is not None:
+      ours_ratio = ours_ratio._replace(count=count)
+  if isinstance(ours_lr, optax.ScaleByScheduleState):
+    ours_lr = ours_lr._replace(count=count_of(lr, "learning-rate"))
+  trace = getattr(momentum, "trace", None)
+  if jax.tree.structure(trace) != jax.tree.structure(ours_trace.trace):
+    raise ValueError(
+      f"{name}: the momentum buffers differ in structure: optax "
+      f"{jax.tree.structure(trace)}, lars_jax {jax.tree.structure(ours_trace.trace)}."
+    )
+  return (ours_ratio, ours_lr, ours_trace._replace(trace=trace))

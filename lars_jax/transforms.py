@@ -2,13 +2,18 @@
 
 Each factory returns an `optax.GradientTransformationExtraArgs` that works on its own,
 inside `optax.chain`, `optax.inject_hyperparams`, `optax.MultiSteps`, `optax.masked`
-and friends. `lars_jax.lars` chains four of them:
+and friends. `lars_jax.lars` is
 
-    add_decayed_weights -> scale_by_trust_ratio -> scale_by_learning_rate -> trace
+    scale_by_trust_ratio_with_decay -> scale_by_learning_rate -> trace
+
+where the first is `add_decayed_weights` followed by `scale_by_trust_ratio`, in one
+transform that owns both (same numbers as the chain of the two; see its docstring for
+why it is one).
 
 Numerics: layer norms and the trust ratio are computed in float32 or wider (float64
 for float64 parameters), so bfloat16/float16 parameters never underflow an `eps` or
-overflow a squared norm. Every update keeps the dtype of the incoming update.
+overflow a squared norm. Every update keeps the dtype of the incoming update. An exact
+zero norm gives a ratio of 1, never NaN; a NaN or Inf norm is not hidden.
 
 Layer norms of all leaves are computed together and the trust ratio is computed as
 one vector, so a tree with many small leaves costs a handful of XLA ops more than a
@@ -19,33 +24,15 @@ collective for all leaves, whatever mesh axes each is split over (see `axis_name
 
 from __future__ import annotations
 
-import functools
-import weakref
-from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import PartitionSpec
 
-from lars_jax import _checks
+from lars_jax import _checks, _numerics, _tree
 from lars_jax import masks as masks_lib
-
-ScalarOrSchedule = float | jax.Array | optax.Schedule
-AxisNames = Any  # None | str | tuple[str, ...] | PartitionSpec | pytree (prefix) of these
-
-
-class AddDecayedWeightsState(NamedTuple):
-  """Step count at which a weight-decay schedule is read next."""
-
-  count: jax.Array
-
-
-class ScaleByLearningRateState(NamedTuple):
-  """Step count at which a learning-rate schedule is read next."""
-
-  count: jax.Array
+from lars_jax._tree import AxisNames
 
 
 class TraceState(NamedTuple):
@@ -54,285 +41,65 @@ class TraceState(NamedTuple):
   trace: optax.Params
 
 
+class TorchTraceState(NamedTuple):
+  """Steps taken with momentum so far, and the momentum buffer (PyTorch semantics)."""
+
+  count: jax.Array
+  trace: optax.Params
+
+
+class LayerStats(NamedTuple):
+  """What a trust-ratio transform applied at its last step, per adapted leaf.
+
+  Each field has the parameters' tree structure, with a float scalar for every leaf
+  the transform adapts and None elsewhere. Read them with `lars_jax.layer_stats`.
+  """
+
+  param_norm: optax.Params
+  update_norm: optax.Params
+  trust_ratio: optax.Params
+
+
+class TrustRatioState(NamedTuple):
+  """Step count and the `LayerStats` of the last step (``keep_stats=True``)."""
+
+  count: jax.Array
+  stats: LayerStats
+
+
 # ----------------------------------------------------------------------------
-# Helpers shared with lars.py / presets / diagnostics.
+# Shared by the trust-ratio transforms here and in presets.py.
 
 
-def wide_dtype(dtype: Any) -> jnp.dtype:
-  """The dtype our arithmetic runs in for `dtype`: float32 or wider."""
-  return jnp.promote_types(dtype, jnp.float32)
+def init_stats(
+  keep_stats: bool, counted: bool, params: Any, bits: list[bool]
+) -> TrustRatioState | optax.ScaleByScheduleState | optax.EmptyState:
+  """The initial state of a trust-ratio transform: a count if `counted`, and with
+  `keep_stats` zero statistics for the leaves where `bits` is True."""
+  if not keep_stats:
+    return _tree.count_state(counted)
+  leaves, treedef = jax.tree.flatten(params)
+  dtype = _numerics.norm_dtype([x for x, b in zip(leaves, bits) if b])
+  zero = [jnp.zeros([], dtype) if b else None for b in bits]
+  stats = LayerStats(*(treedef.unflatten(zero) for _ in range(3)))
+  return TrustRatioState(count=jnp.zeros([], jnp.int32), stats=stats)
 
 
-def _real_wide_dtype(dtype: Any) -> jnp.dtype:
-  return jnp.finfo(wide_dtype(dtype)).dtype
-
-
-def sq_norm(x: jax.Array) -> jax.Array:
-  """Sum of squared moduli of all elements of `x`, in float32 or wider."""
-  acc = wide_dtype(x.dtype)
-  x = x.astype(acc)
-  if jnp.issubdtype(acc, jnp.complexfloating):
-    return jnp.sum(jnp.square(x.real) + jnp.square(x.imag))
-  return jnp.sum(jnp.square(x))
-
-
-def flatten_like(tree: Any, treedef: Any, what: str, transform: str) -> list[Any]:
-  """Flattens `tree` up to `treedef` with a clear error on mismatch."""
-  try:
-    return treedef.flatten_up_to(tree)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-      f"{transform}: `{what}` does not have the structure of the updates. "
-      f"Updates: {treedef}; {what}: {jax.tree.structure(tree)}. Pass {what} "
-      f"with the same tree structure as the gradients. ({e})"
-    ) from None
-
-
-def flat_update_args(
-  name: str, updates: Any, params: Any, mask: masks_lib.Mask, where: str = ""
-) -> tuple[list[Any], list[Any], Any, list[bool]]:
-  """What a masked, params-reading transform checks first in `update`.
-
-  Returns the update leaves, the param leaves aligned with them, the updates'
-  treedef and the resolved mask (one bool per leaf); raises if `params` is missing,
-  does not match `updates`, holds non-float leaves, or `mask` does not fit.
-  `where` names, in mask errors, the factory argument the mask came from.
-  """
-  if params is None:
-    raise _checks.no_params_error(name)
-  u_leaves, treedef = jax.tree.flatten(updates)
-  p_leaves = flatten_like(params, treedef, "params", name)
-  _checks.check_float_leaves(name, params)
-  bits = masks_lib.resolve(mask, params, arg="mask", where=where)
-  return u_leaves, p_leaves, treedef, bits
-
-
-def _is_axis_leaf(x: Any) -> bool:
-  return (
-    x is None
-    or isinstance(x, (str, PartitionSpec))
-    or (isinstance(x, tuple) and len(x) > 0 and all(isinstance(a, str) for a in x))
-  )
-
-
-def _normalize_axes(a: Any) -> tuple[Hashable, ...]:
-  if a is None:
-    return ()
-  if isinstance(a, str):
-    return (a,)
-  if isinstance(a, PartitionSpec):
-    out: list[Hashable] = []
-    for entry in a:
-      if isinstance(entry, str):
-        out.append(entry)
-      elif isinstance(entry, tuple):
-        out.extend(e for e in entry if isinstance(e, str))
-    return tuple(out)
-  return tuple(a)
-
-
-def leaf_axes(axis_name: AxisNames, tree: Any) -> list[tuple[Hashable, ...]]:
-  """Resolves `axis_name` (a name, tuple, PartitionSpec or pytree prefix of them).
-
-  Returns one tuple of mesh-axis names per leaf of `tree`: the axes over which that
-  leaf is split, so its squared norm must be summed over them.
-  """
-  n = len(jax.tree.leaves(tree))
-  if axis_name is None:
-    return [()] * n
-  if _is_axis_leaf(axis_name):
-    return [_normalize_axes(axis_name)] * n
-  axes_leaves, axes_def = jax.tree.flatten(axis_name, is_leaf=_is_axis_leaf)
-  try:
-    subtrees = axes_def.flatten_up_to(tree)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-      "`axis_name` must be a mesh-axis name, a tuple of names, a PartitionSpec, "
-      "or a pytree of those with the params' structure (or a prefix of it). "
-      f"Got structure {axes_def} for params {jax.tree.structure(tree)}. ({e})"
-    ) from None
-  out: list[tuple[Hashable, ...]] = []
-  for a, sub in zip(axes_leaves, subtrees):
-    out.extend([_normalize_axes(a)] * len(jax.tree.leaves(sub)))
-  return out
-
-
-def _safe_sqrt(sq: jax.Array) -> jax.Array:
-  """`sqrt(sq)` whose derivative at 0 is 0 instead of inf (so no NaN flows back
-  through a zero norm when differentiating through the update); same values."""
-  pos = sq > 0
-  return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
-
-
-def layer_norms(
-  leaf_lists: Sequence[Sequence[jax.Array]],
-  axes: Sequence[tuple[Hashable, ...]],
-) -> list[jax.Array]:
-  """Per-leaf L2 norms of several aligned leaf lists, as one vector per list.
-
-  All squared norms are computed in float32 (float64 if any leaf is float64),
-  stacked, summed across devices with one `lax.psum` (over the union of all leaves'
-  axes; each leaf counted once per shard), and square-rooted as vectors.
-
-  Args:
-    leaf_lists: K lists of N arrays each (e.g. params and updates).
-    axes: N tuples of mesh-axis names (from `leaf_axes`), () for unsplit leaves.
-
-  Returns:
-    K vectors of shape (N,).
-  """
-  n = len(axes)
-  if n == 0:
-    return [jnp.zeros((0,), jnp.float32) for _ in leaf_lists]
-  dtype = jnp.result_type(*[_real_wide_dtype(x.dtype) for leaves in leaf_lists for x in leaves])
-  groups: dict[tuple[Hashable, ...], list[int]] = {}
-  for i, a in enumerate(axes):
-    groups.setdefault(a, []).append(i)
-  if len(groups) == 1:
-    (a,) = groups
-    sq = jnp.stack([_sq_norms(leaves, dtype) for leaves in leaf_lists])  # (K, N)
-    return list(_safe_sqrt(jax.lax.psum(sq, a) if a else sq))
-  # Several axis groups. Each is stacked on its own, so that under `shard_map` a
-  # replicated leaf's norm does not take the device-varying type of a split leaf's
-  # (`check_vma` would then reject its replicated update). All split groups share
-  # ONE psum over the union of their axes: a leaf's squared norms enter it only on
-  # the devices at index 0 of the union axes it is not split over (exact zeros
-  # elsewhere), so each of its shards is counted once.
-  union = tuple(dict.fromkeys(ax for a in groups for ax in a))
-  local, split, order_local, order_split = [], [], [], []
-  for a, idx in groups.items():
-    sq = jnp.stack([_sq_norms([leaves[i] for i in idx], dtype) for leaves in leaf_lists])
-    if not a:
-      local.append(sq)
-      order_local.extend(idx)
-      continue
-    first = [jax.lax.axis_index(ax) == 0 for ax in union if ax not in a]
-    if first:
-      sq = jnp.where(functools.reduce(jnp.logical_and, first), sq, jnp.zeros_like(sq))
-    split.append(sq)
-    order_split.extend(idx)
-  sq = jnp.concatenate([*local, jax.lax.psum(jnp.concatenate(split, axis=1), union)], axis=1)
-  inverse = [0] * n
-  for pos, i in enumerate(order_local + order_split):
-    inverse[i] = pos
-  return list(_safe_sqrt(sq[:, jnp.asarray(inverse)]))
-
-
-# Leaves below this many elements get their squared norms batched: stacked by shape
-# and reduced together. Each small reduction is otherwise its own kernel (two on XLA
-# CPU, which squares and reduces small arrays separately), and per-kernel overhead,
-# not bandwidth, dominates for biases and normalisation scales. 4096 is also where
-# XLA CPU starts sending reductions to YNNPACK. A stack holds at most 8 leaves: XLA
-# CPU fuses a concatenate of up to 8 operands, and larger ones are slow. The stacks
-# cost no more memory than the unbatched path, where XLA CPU materialises each
-# small leaf's square before reducing it.
-_SMALL_LEAF = 4096
-_STACK_MAX = 8
-
-
-def _type_sharded(x: jax.Array) -> bool:
-  """Whether `x`'s type carries a mesh sharding (explicit sharding mode).
-
-  Such leaves are not batched: `jnp.stack` needs equal shardings and a reshape of
-  a split axis is ambiguous.
-  """
-  typeof = getattr(jax, "typeof", None)
-  spec = getattr(getattr(typeof(x), "sharding", None), "spec", None) if typeof else None
-  return spec is not None and any(a is not None for a in spec)
-
-
-def _sq_norms(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
-  """`[sq_norm(x) for x in leaves]` as a vector of `dtype`, small leaves batched."""
-  by_shape: dict[tuple[Any, ...], list[int]] = {}
-  for i, x in enumerate(leaves):
-    if x.size < _SMALL_LEAF and not _type_sharded(x):
-      by_shape.setdefault((x.shape, jnp.dtype(x.dtype)), []).append(i)
-  groups = [
-    idx[start : start + _STACK_MAX]
-    for idx in by_shape.values()
-    for start in range(0, len(idx), _STACK_MAX)
-    if len(idx[start : start + _STACK_MAX]) > 1
-  ]
-  if not groups:
-    return jnp.stack([sq_norm(x).astype(dtype) for x in leaves])
-  pieces, order = [], []
-  batched = {i for idx in groups for i in idx}
-  for i, x in enumerate(leaves):
-    if i not in batched:
-      pieces.append(sq_norm(x).astype(dtype)[None])
-      order.append(i)
-  for idx in groups:
-    stacked = jnp.stack([leaves[i].reshape(-1) for i in idx]).astype(
-      wide_dtype(leaves[idx[0]].dtype)
-    )
-    if jnp.issubdtype(stacked.dtype, jnp.complexfloating):
-      sq = jnp.sum(jnp.square(stacked.real) + jnp.square(stacked.imag), axis=1)
-    else:
-      sq = jnp.sum(jnp.square(stacked), axis=1)
-    pieces.append(sq.astype(dtype))
-    order.extend(idx)
-  inverse = [0] * len(order)
-  for pos, i in enumerate(order):
-    inverse[i] = pos
-  return jnp.concatenate(pieces)[jnp.asarray(inverse)]
-
-
-def _zeros_like(x: Any, dtype: Any = None) -> jax.Array:
-  dtype = dtype or x.dtype
-  if isinstance(x, jax.ShapeDtypeStruct):
-    return jnp.zeros(x.shape, dtype, device=getattr(x, "sharding", None))
-  return jnp.zeros_like(x, dtype=dtype)
-
-
-def _scale(u: jax.Array, s: jax.Array | float) -> jax.Array:
-  return (u.astype(wide_dtype(u.dtype)) * s).astype(u.dtype)
-
-
-# Decay hints: speed only, never numbers. Under `jit`, `u = g + wd * w` from
-# `add_decayed_weights` feeds two consumers in `scale_by_trust_ratio`: the norm
-# reduction and the elementwise update. XLA CPU then materialises `u` (a temporary as
-# large as the parameters): its reduction fusions (YNNPACK) only absorb a producer
-# whose every user is inside the fusion, and its loop fusion does not duplicate a
-# two-input producer. So `add_decayed_weights` records, for each traced output leaf,
-# how it was made, and `scale_by_trust_ratio` takes the norm of a recomputation,
-# `g - (-wd) * w` (the same value; at most a fused multiply-add rounds differently),
-# which XLA does not merge with `u`: the reduction
-# reads g and w directly, `u` has one user and fuses into the update loop, and no
-# temporary is allocated (see benchmarks/README.md). Entries are keyed by the output
-# tracer's id, checked by identity, and dropped when the tracer dies.
-_DECAY_HINTS: dict[int, tuple[Any, jax.Array, jax.Array, Any]] = {}
-
-
-def _record_decay_hint(out: Any, u: jax.Array, p: jax.Array, wd: Any) -> None:
-  if not isinstance(out, jax.core.Tracer):
-    return
-  key = id(out)
-
-  def drop(ref: Any, key: int = key) -> None:
-    entry = _DECAY_HINTS.get(key)
-    if entry is not None and entry[0] is ref:
-      del _DECAY_HINTS[key]
-
-  try:
-    ref = weakref.ref(out, drop)
-  except TypeError:  # a tracer type without weakref support: no hint, same numbers
-    return
-  _DECAY_HINTS[key] = (ref, u, p, wd)
-
-
-def _norm_source(x: jax.Array) -> jax.Array:
-  """`x`, or a recomputation of its value that XLA does not merge with `x`."""
-  entry = _DECAY_HINTS.get(id(x))
-  if entry is None or entry[0]() is not x:
-    return x
-  _, u, p, wd = entry
-  # Same rounding as `add_decayed_weights`: a - (-c) * b == a + c * b exactly. The
-  # barrier ties -wd to this leaf: otherwise leaves of equal shape share one
-  # broadcast of the constant, which the reduction fusions cannot absorb, and XLA
-  # materialises it (a temporary per distinct leaf shape).
-  pw = p.astype(wide_dtype(p.dtype))
-  neg, _ = jax.lax.optimization_barrier((-jnp.asarray(wd, jnp.result_type(wd, pw)), p))
-  return (u.astype(wide_dtype(u.dtype)) - neg * pw).astype(x.dtype)
+def next_state(
+  state: Any, treedef: Any, idx: list[int], n: int, norms: tuple[jax.Array, ...]
+) -> Any:
+  """`state` one step later; with stats, holding `norms` = (param, update, ratio) vectors
+  for the leaves `idx` of a tree of `n` leaves."""
+  if not isinstance(state, TrustRatioState):
+    return _tree.advance(state)
+  dtype = jax.tree.leaves(state.stats)[0].dtype if jax.tree.leaves(state.stats) else None
+  fields = []
+  for vec in norms:
+    out: list[Any] = [None] * n
+    for k, i in enumerate(idx):
+      out[i] = vec[k].astype(dtype)
+    fields.append(treedef.unflatten(out))
+  return TrustRatioState(count=optax.safe_increment(state.count), stats=LayerStats(*fields))
 
 
 # ----------------------------------------------------------------------------
@@ -340,7 +107,7 @@ def _norm_source(x: jax.Array) -> jax.Array:
 
 
 def add_decayed_weights(
-  weight_decay: ScalarOrSchedule = 0.0,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
   mask: masks_lib.Mask = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adds decoupled weight decay to the updates: :math:`u = g + \lambda w`.
@@ -369,39 +136,20 @@ def add_decayed_weights(
   name = "add_decayed_weights"
   where = " of add_decayed_weights (`weight_decay_mask` in lars)"
   _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable weight decay.")
-  is_schedule = callable(weight_decay)
-  is_python_zero = (
-    not is_schedule and isinstance(weight_decay, (int, float)) and float(weight_decay) == 0.0
-  )
+  skip = _checks.is_zero_number(weight_decay)
 
   def init_fn(params):
-    _checks.check_float_leaves(name, params)
-    if jax.tree.leaves(params):  # not optax.tree_map_params' leafless placeholder
-      masks_lib.resolve(mask, params, arg="mask", where=where)
-    if is_schedule:
-      return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32))
-    return optax.EmptyState()
+    _tree.init_checks(name, params, mask, where, None)
+    return _tree.count_state(callable(weight_decay))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if is_python_zero:
+    if skip:
       return updates, state
-    u_leaves, p_leaves, treedef, bits = flat_update_args(name, updates, params, mask, where)
-    if is_schedule:
-      wd = weight_decay(state.count)
-      state = AddDecayedWeightsState(count=optax.safe_increment(state.count))
-    else:
-      wd = weight_decay
-    out = [
-      (u.astype(wide_dtype(u.dtype)) + wd * p.astype(wide_dtype(p.dtype))).astype(u.dtype)
-      if b
-      else u
-      for u, p, b in zip(u_leaves, p_leaves, bits)
-    ]
-    for o, u, p, b in zip(out, u_leaves, p_leaves, bits):
-      if b:
-        _record_decay_hint(o, u, p, wd)
-    return treedef.unflatten(out), state
+    u_leaves, p_leaves, treedef, bits = _tree.flat_update_args(name, updates, params, mask, where)
+    wd = _tree.at_count(weight_decay, state)
+    out = [_numerics.decayed(u, p, wd) if b else u for u, p, b in zip(u_leaves, p_leaves, bits)]
+    return treedef.unflatten(out), _tree.advance(state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -412,6 +160,8 @@ def scale_by_trust_ratio(
   mask: masks_lib.Mask = None,
   *,
   axis_name: AxisNames = None,
+  keep_stats: bool = False,
+  positive_norms_only: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales each leaf by its layer-wise trust ratio.
 
@@ -420,30 +170,38 @@ def scale_by_trust_ratio(
   .. math::
 
     r = \begin{cases}
-      \eta \, \|w\| / (\|u\| + \epsilon) & \text{if } \|w\| > 0 \text{ and } \|u\| > 0 \\
-      1 & \text{otherwise}
+      1 & \text{if } \|w\| = 0 \text{ or } \|u\| = 0 \\
+      \eta \, \|w\| / (\|u\| + \epsilon) & \text{otherwise}
     \end{cases}, \qquad u \leftarrow r\,u
 
   with :math:`\|\cdot\|` the L2 norm over all elements of the leaf (the modulus for
   complex leaves), computed in float32 or wider. The fallback to 1 means a zero
-  parameter or a zero update never produces NaN or Inf. Leaves where `mask` is False
-  pass through untouched. Same numbers as `optax.scale_by_trust_ratio` with
-  ``min_norm=0``.
+  parameter or a zero update never produces NaN or Inf, while a NaN or Inf in
+  :math:`w` or :math:`u` makes the whole leaf's update NaN (or Inf), as in optax.
+  Leaves where `mask` is False pass through untouched. Same numbers as
+  `optax.scale_by_trust_ratio` with ``min_norm=0``.
 
   **Sharded parameters.** Under `shard_map` (or `pmap` over a split model) each device
   holds only a slice of a leaf, and the norm must be summed across devices. Pass the
   mesh axes each leaf is *split* over: a name, a tuple of names, a `PartitionSpec`,
   or a pytree (prefix) of these, e.g. the params' `PartitionSpec` tree. Leaves that
   are replicated must get ``None``: giving them an axis would count them once per
-  device. **Without `axis_name`, a sharded leaf silently gets the ratio of its local
-  slice.** Under `jit` with `NamedSharding` (pjit) norms are global already: leave
-  `axis_name` as None.
+  device. Under `shard_map` with ``check_vma`` (JAX's default), a parameter whose type
+  varies over a mesh axis that `axis_name` does not give it raises ``ValueError``
+  naming the leaf and the axis; with ``check_vma=False`` (and under `pmap`) JAX's
+  types carry no such information, and a split leaf without `axis_name` silently gets
+  the ratio of its local slice. Under `jit` with `NamedSharding` (pjit) norms are
+  global already: leave `axis_name` as None.
 
   Args:
     trust_coefficient: :math:`\eta`, the trust coefficient (``>= 0``).
     eps: :math:`\epsilon \ge 0`, added to the update norm.
     mask: which leaves to scale (see `lars_jax.masks`); None scales all.
     axis_name: mesh axes to sum squared norms over (see above).
+    keep_stats: keep each adapted leaf's norms and ratio in the state (`LayerStats`,
+      read with `lars_jax.layer_stats`); no extra reduction.
+    positive_norms_only: TF Model Garden's guard instead of optax's: the ratio is 1
+      unless both norms are > 0, so a NaN norm falls back to 1 (``eps`` must be 0).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -456,54 +214,167 @@ def scale_by_trust_ratio(
     >>> updates / g  # ratio 0.001 * 5 / 1
     Array([0.005, 0.005], dtype=float32)
   """
-  name = "scale_by_trust_ratio"
-  where = " of scale_by_trust_ratio (`trust_ratio_mask` in lars)"
-  _checks.check_scalar("trust_coefficient", trust_coefficient)
+  return _trust_ratio_transform(
+    "scale_by_trust_ratio",
+    " of scale_by_trust_ratio (`trust_ratio_mask` in lars)",
+    0.0,
+    trust_coefficient,
+    eps,
+    None,
+    mask,
+    axis_name,
+    keep_stats,
+    positive_norms_only,
+  )
+
+
+def scale_by_trust_ratio_with_decay(
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  trust_coefficient: float | jax.Array = 0.001,
+  eps: float | jax.Array = 0.0,
+  *,
+  weight_decay_mask: masks_lib.Mask = None,
+  trust_ratio_mask: masks_lib.Mask = None,
+  axis_name: AxisNames = None,
+  keep_stats: bool = False,
+  positive_norms_only: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""`add_decayed_weights` then `scale_by_trust_ratio`, in one transform.
+
+  .. math::
+
+    u = g + \lambda(c)\, w \ \text{(where weight\_decay\_mask)}, \qquad
+    u \leftarrow r\,u \ \text{(where trust\_ratio\_mask)}, \quad
+    r = \eta \|w\| / (\|u\| + \epsilon) \text{ (1 where a norm is 0)}
+
+  Same numbers as ``optax.chain(add_decayed_weights(weight_decay,
+  weight_decay_mask), scale_by_trust_ratio(trust_coefficient, eps, trust_ratio_mask))``
+  (the state holds one count for a weight-decay schedule instead of two states).
+  It is one transform because it is faster: under `jit`, :math:`u` has two consumers
+  (its norm and the scaled update), and XLA CPU then materialises it, a temporary as
+  large as the parameters. Here the norm is taken of a recomputation of :math:`u`
+  that XLA does not merge with it, so the reduction reads :math:`g` and :math:`w`
+  directly and nothing parameter-sized is allocated (see benchmarks/README.md).
+
+  Args:
+    weight_decay: :math:`\lambda \ge 0`, or a schedule ``count -> rate``.
+    trust_coefficient: :math:`\eta \ge 0`.
+    eps: :math:`\epsilon \ge 0`, added to the update norm.
+    weight_decay_mask: which leaves to decay (see `lars_jax.masks`); None: all.
+    trust_ratio_mask: which leaves to adapt; None: all.
+    axis_name: mesh axes each leaf is split over under `shard_map` (see
+      `scale_by_trust_ratio`).
+    keep_stats: keep each adapted leaf's :math:`\|w\|`, :math:`\|u\|` and :math:`r`
+      in the state (`LayerStats`, read with `lars_jax.layer_stats`); no extra reduction.
+    positive_norms_only: TF Model Garden's guard (see `scale_by_trust_ratio`).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
+  Examples:
+    >>> import jax.numpy as jnp, lars_jax
+    >>> tx = lars_jax.scale_by_trust_ratio_with_decay(0.1, 0.001, keep_stats=True)
+    >>> w, g = jnp.array([3.0, 4.0]), jnp.array([0.3, 0.4])  # |g + 0.1 w| = 1
+    >>> updates, state = tx.update(g, tx.init(w), w)
+    >>> updates, lars_jax.layer_stats(state)['trust_ratio']
+    (Array([0.003, 0.004], dtype=float32), 0.005)
+  """
+  return _trust_ratio_transform(
+    "scale_by_trust_ratio_with_decay",
+    " of scale_by_trust_ratio_with_decay (`trust_ratio_mask` in lars)",
+    weight_decay,
+    trust_coefficient,
+    eps,
+    weight_decay_mask,
+    trust_ratio_mask,
+    axis_name,
+    keep_stats,
+    positive_norms_only,
+  )
+
+
+def _trust_ratio_transform(
+  name: str,
+  ratio_where: str,
+  weight_decay: optax.ScalarOrSchedule,
+  trust_coefficient: float | jax.Array,
+  eps: float | jax.Array,
+  weight_decay_mask: masks_lib.Mask,
+  trust_ratio_mask: masks_lib.Mask,
+  axis_name: AxisNames,
+  keep_stats: bool,
+  positive_norms_only: bool,
+) -> optax.GradientTransformationExtraArgs:
+  """The one implementation behind `scale_by_trust_ratio(_with_decay)`."""
+  decay_where = f" of {name} (`weight_decay_mask` in lars)"
+  _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable weight decay.")
+  _checks.check_scalar("trust_coefficient", trust_coefficient, fix="0.001 is usual.")
   _checks.check_scalar(
     "eps", eps, fix="eps is added to the update norm; use 0.0 or a small positive value."
   )
+  _checks.check_bool("keep_stats", keep_stats)
+  _checks.check_bool("positive_norms_only", positive_norms_only)
+  if positive_norms_only and not _checks.is_zero_number(eps):
+    raise ValueError("`positive_norms_only=True` (TF Model Garden's guard) needs `eps=0.0`.")
+  no_decay = _checks.is_zero_number(weight_decay)
+  counted = callable(weight_decay)
 
   def init_fn(params):
-    _checks.check_float_leaves(name, params)
-    if jax.tree.leaves(params):  # not optax.tree_map_params' leafless placeholder
-      masks_lib.resolve(mask, params, arg="mask", where=where)
-      leaf_axes(axis_name, params)
-    return optax.EmptyState()
+    _tree.init_checks(name, params, trust_ratio_mask, ratio_where, axis_name)
+    if not no_decay and jax.tree.leaves(params):
+      masks_lib.resolve(weight_decay_mask, params, arg="mask", where=decay_where)
+    bits = masks_lib.resolve(trust_ratio_mask, params, arg="mask", where=ratio_where)
+    return init_stats(keep_stats, counted, params, bits)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    u_leaves, p_leaves, treedef, bits = flat_update_args(name, updates, params, mask, where)
-    idx = [i for i, b in enumerate(bits) if b]
-    if not idx:
-      return updates, state
-    axes = leaf_axes(axis_name, params)
-    pn, un = layer_norms(
-      [[p_leaves[i] for i in idx], [_norm_source(u_leaves[i]) for i in idx]],
-      [axes[i] for i in idx],
+    u_leaves, p_leaves, treedef, adapt = _tree.flat_update_args(
+      name, updates, params, trust_ratio_mask, ratio_where
     )
-    ratio = trust_ratio(pn, un, trust_coefficient, eps)
-    out = list(u_leaves)
+    out, source = list(u_leaves), list(u_leaves)
+    if not no_decay:
+      decay = masks_lib.resolve(weight_decay_mask, params, arg="mask", where=decay_where)
+      wd = _tree.at_count(weight_decay, state)
+      for i, (u, p) in enumerate(zip(u_leaves, p_leaves)):
+        if decay[i]:
+          out[i] = _numerics.decayed(u, p, wd)
+          source[i] = _norm_source(out[i], u, p, wd) if adapt[i] else out[i]
+    idx = [i for i, b in enumerate(adapt) if b]
+    if not idx:
+      return treedef.unflatten(out), next_state(state, treedef, idx, len(out), ())
+    axes = _tree.checked_leaf_axes(name, axis_name, params, idx)
+    pn, un = _numerics.layer_norms([[p_leaves[i] for i in idx], [source[i] for i in idx]], axes)
+    if positive_norms_only:
+      ratio = _numerics.trust_ratio_if_positive(pn, un, trust_coefficient)
+    else:
+      ratio = _numerics.trust_ratio(pn, un, trust_coefficient, eps)
     for k, i in enumerate(idx):
-      out[i] = _scale(u_leaves[i], ratio[k])
+      out[i] = _numerics.scale(out[i], ratio[k])
+    state = next_state(state, treedef, idx, len(out), (pn, un, ratio))
     return treedef.unflatten(out), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def trust_ratio(
-  param_norm: jax.Array,
-  update_norm: jax.Array,
-  trust_coefficient: float | jax.Array,
-  eps: float | jax.Array = 0.0,
-) -> jax.Array:
-  r""":math:`\eta \|w\| / (\|u\| + \epsilon)` where both norms are > 0, else 1 (no NaN)."""
-  ok = (param_norm > 0) & (update_norm > 0)
-  denom = jnp.where(ok, update_norm + eps, 1.0)
-  return jnp.where(ok, trust_coefficient * param_norm / denom, 1.0)
+def _norm_source(decayed: jax.Array, u: jax.Array, p: jax.Array, wd: Any) -> jax.Array:
+  """The value of `decayed` (= u + wd p), recomputed so that XLA does not merge the two.
+
+  Speed only, never numbers: ``u - (-wd) p`` rounds exactly as ``u + wd p``. Under
+  `jit`, the norm reduction then reads `u` and `p` directly and `decayed` has a
+  single consumer, the scaled update, which fuses into the elementwise loop: no
+  temporary is allocated. The barrier ties ``-wd`` to this leaf: otherwise leaves of
+  equal shape share one broadcast of the constant, which the reduction fusions cannot
+  absorb, and XLA materialises it. Outside a trace there is nothing to fuse.
+  """
+  if not isinstance(decayed, jax.core.Tracer):
+    return decayed
+  pw = p.astype(_numerics.wide_dtype(p.dtype))
+  neg, _ = jax.lax.optimization_barrier((-jnp.asarray(wd, jnp.result_type(wd, pw)), p))
+  return (u.astype(_numerics.wide_dtype(u.dtype)) - neg * pw).astype(decayed.dtype)
 
 
 def scale_by_learning_rate(
-  learning_rate: ScalarOrSchedule | None,
+  learning_rate: optax.ScalarOrSchedule,
   *,
   flip_sign: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
@@ -512,7 +383,7 @@ def scale_by_learning_rate(
   With a schedule, update number :math:`c` (counting from 0) uses :math:`\gamma(c)`:
   the first update uses ``schedule(0)``, as optax does. The product is computed in
   float32 or wider and cast back to the update's dtype, so a bfloat16 update is not
-  multiplied by a learning rate already rounded to bfloat16. ``None`` is the identity.
+  multiplied by a learning rate already rounded to bfloat16.
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule ``count -> rate``.
@@ -530,31 +401,18 @@ def scale_by_learning_rate(
     >>> u0, u1
     (Array([-0.], dtype=float32), Array([-0.25], dtype=float32))
   """
-  _checks.check_scalar(
-    "learning_rate",
-    learning_rate,
-    fix="Pass a non-negative number or an optax schedule.",
-  )
-  if not isinstance(flip_sign, bool):
-    raise TypeError(f"`flip_sign` must be a bool, got {flip_sign!r}.")
+  _checks.check_learning_rate(learning_rate)
+  _checks.check_bool("flip_sign", flip_sign)
   sign = -1.0 if flip_sign else 1.0
-  is_schedule = callable(learning_rate)
 
   def init_fn(params):
-    if is_schedule:
-      return ScaleByLearningRateState(count=jnp.zeros([], jnp.int32))
-    return optax.EmptyState()
+    del params
+    return _tree.count_state(callable(learning_rate))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    if learning_rate is None:
-      return updates, state
-    if is_schedule:
-      step = sign * learning_rate(state.count)
-      state = ScaleByLearningRateState(count=optax.safe_increment(state.count))
-    else:
-      step = sign * learning_rate
-    return jax.tree.map(lambda u: _scale(u, step), updates), state
+    step = sign * _tree.at_count(learning_rate, state)
+    return jax.tree.map(lambda u: _numerics.scale(u, step), updates), _tree.advance(state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -563,18 +421,28 @@ def trace(
   decay: float | jax.Array,
   nesterov: bool = False,
   accumulator_dtype: Any | None = None,
+  *,
+  dampening: float | jax.Array | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Momentum: :math:`t \leftarrow x + \mu t`; outputs :math:`t` or :math:`x + \mu t`.
 
-  The buffer :math:`t` starts at zero, so the first output equals the first input
-  (PyTorch's "clone on the first step" without dampening). With ``nesterov=True`` the
-  output is :math:`x + \mu t_{new}`. Same numbers as `optax.trace`.
+  The buffer :math:`t` starts at zero, so the first output equals the first input.
+  With ``nesterov=True`` the output is :math:`x + \mu t_{new}`. Same numbers as
+  `optax.trace`.
+
+  With a `dampening` :math:`\tau` (a number, 0 included) this is PyTorch's SGD
+  momentum instead: the buffer is a copy of the first input, then
+  :math:`t \leftarrow \mu t + (1 - \tau) x`; a Python ``decay`` of 0 keeps no buffer
+  (the identity), and while an array ``decay`` is 0 (`optax.inject_hyperparams`) the
+  input passes through, the buffer is left alone and the step count does not move.
 
   Args:
     decay: the momentum :math:`\mu \in [0, 1)`.
-    nesterov: use Nesterov momentum.
+    nesterov: use Nesterov momentum (with `dampening`: needs :math:`\mu > 0`,
+      :math:`\tau = 0`, as PyTorch).
     accumulator_dtype: dtype of the buffer; defaults to each parameter's dtype. Use
       ``jnp.float32`` to keep a float32 buffer for bfloat16 parameters.
+    dampening: None for optax's trace; :math:`\tau \in [0, 1]` for PyTorch's.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -586,32 +454,65 @@ def trace(
     >>> u, state = tx.update(jnp.ones(1), state)  # t = 1, out = 1 + 0.5 * 1
     >>> u, state.trace
     (Array([1.5], dtype=float32), Array([1.], dtype=float32))
-    >>> u, state = tx.update(jnp.ones(1), state)  # t = 1.5, out = 1 + 0.75
+    >>> torch = lars_jax.trace(0.9, dampening=0.5)
+    >>> state = torch.init(jnp.zeros(1))
+    >>> u, state = torch.update(jnp.ones(1), state)  # first step: t = x = 1
+    >>> u, state = torch.update(jnp.ones(1), state)  # t = 0.9 * 1 + 0.5 * 1
     >>> u
-    Array([1.75], dtype=float32)
+    Array([1.4], dtype=float32)
   """
   name = "trace"
   _checks.check_momentum("decay", decay)
-  if not isinstance(nesterov, bool):
-    raise TypeError(f"`nesterov` must be a bool, got {nesterov!r}.")
-  acc_dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
+  _checks.check_bool("nesterov", nesterov)
+  acc_dtype = _checks.accumulator_dtype(accumulator_dtype)
+  torch = dampening is not None
+  if torch:
+    _checks.check_scalar("dampening", dampening, upper=1.0, upper_inclusive=True)
+    mu, tau = _checks.concrete_float(decay), _checks.concrete_float(dampening)
+    if nesterov and ((mu is not None and mu <= 0) or (tau is not None and tau != 0)):
+      raise ValueError(
+        f"`nesterov=True` needs momentum > 0 and `dampening` == 0 (as PyTorch), got "
+        f"decay={decay!r}, dampening={dampening!r}."
+      )
+  no_buffer = torch and _checks.is_zero_number(decay)
+  gated = torch and not isinstance(decay, (int, float))  # an array decay may be 0
 
   def init_fn(params):
+    if no_buffer:
+      return optax.EmptyState()
     _checks.check_float_leaves(name, params)
-    return TraceState(trace=jax.tree.map(lambda p: _zeros_like(p, acc_dtype), params))
+    buf = jax.tree.map(lambda p: _numerics.zeros_like(p, acc_dtype), params)
+    if torch:
+      return TorchTraceState(count=jnp.zeros([], jnp.int32), trace=buf)
+    return TraceState(trace=buf)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
+    if no_buffer:
+      return updates, state
     x_leaves, treedef = jax.tree.flatten(updates)
-    t_leaves = flatten_like(state.trace, treedef, "state.trace", name)
+    t_leaves = _tree.flatten_like(state.trace, treedef, "state.trace", name)
+    _tree.check_shapes(name, updates, x_leaves, t_leaves, "momentum buffer")
+    first = state.count == 0 if torch else None
     new_t, out = [], []
     for x, t in zip(x_leaves, t_leaves):
-      acc = jnp.promote_types(wide_dtype(x.dtype), wide_dtype(t.dtype))
-      xw = x.astype(acc)
-      tn = xw + decay * t.astype(acc)
+      acc = jnp.promote_types(_numerics.wide_dtype(x.dtype), _numerics.wide_dtype(t.dtype))
+      xw, tw = x.astype(acc), t.astype(acc)
+      if torch:
+        tn = jnp.where(first, xw, decay * tw + (1 - dampening) * xw)
+      else:
+        tn = xw + decay * tw
       o = xw + decay * tn if nesterov else tn
+      if gated:
+        tn, o = jnp.where(decay != 0, tn, tw), jnp.where(decay != 0, o, xw)
       new_t.append(tn.astype(t.dtype))
       out.append(o.astype(x.dtype))
-    return treedef.unflatten(out), TraceState(trace=treedef.unflatten(new_t))
+    new_trace = treedef.unflatten(new_t)
+    if not torch:
+      return treedef.unflatten(out), TraceState(trace=new_trace)
+    count = optax.safe_increment(state.count)
+    if gated:
+      count = jnp.where(decay != 0, count, state.count)
+    return treedef.unflatten(out), TorchTraceState(count=count, trace=new_trace)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -271,3 +271,164 @@ def test_mask_errors_name_the_lars_argument():
     lars_jax.lars(1.0, trust_ratio_mask=[True]).init(params)
   with pytest.raises(TypeError, match=r"`trust_ratio_mask` in lars\) must hold Python bools"):
     lars_jax.lars(1.0, trust_ratio_mask={"w": 1, "b": 0}).init(params)
+
+
+# ----------------------------------------------------------------------------
+# lars() is the chain of the public pieces (issue 12).
+
+
+@pytest.mark.parametrize("kwargs", CASES)
+@pytest.mark.parametrize("jit", [False, True])
+def test_chain_of_public_transforms_equals_lars(kwargs, jit):
+  """lars() fuses decay and trust ratio into one transform for speed; the chain of the
+  pure public pieces gives the same updates, step for step (rtol 1e-6, jitted or not)."""
+  kw = dict(dict(weight_decay=0.0, trust_coefficient=0.001, eps=0.0, momentum=0.9), **kwargs)
+  lr = optax.warmup_cosine_decay_schedule(0.0, 2.0, 3, 10)
+  chain = optax.chain(
+    lars_jax.add_decayed_weights(kw["weight_decay"], mask=kw.get("weight_decay_mask")),
+    lars_jax.scale_by_trust_ratio(
+      kw["trust_coefficient"], kw["eps"], mask=kw.get("trust_ratio_mask")
+    ),
+    lars_jax.scale_by_learning_rate(lr),
+    lars_jax.trace(kw["momentum"], nesterov=kw.get("nesterov", False)),
+  )
+  ours = lars_jax.lars(lr, **kwargs)
+  params = _params(jax.random.PRNGKey(1))
+  s_c, s_o = chain.init(params), ours.init(params)
+  upd_c = jax.jit(chain.update) if jit else chain.update
+  upd_o = jax.jit(ours.update) if jit else ours.update
+  p_c = p_o = params
+  for i in range(6):
+    g = jax.tree.map(lambda x, i=i: jax.random.normal(jax.random.PRNGKey(7 + i), x.shape), params)
+    u_c, s_c = upd_c(g, s_c, p_c)
+    u_o, s_o = upd_o(g, s_o, p_o)
+    for a, b in zip(jax.tree.leaves(u_o), jax.tree.leaves(u_c)):
+      np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * float(jnp.max(jnp.abs(b))))
+    p_c, p_o = optax.apply_updates(p_c, u_c), optax.apply_updates(p_o, u_o)
+
+
+# ----------------------------------------------------------------------------
+# Non-finite values propagate as in optax (issue 11, section 1).
+
+NONFINITE = [np.nan, np.inf, -np.inf]
+
+
+@pytest.mark.parametrize("bad", NONFINITE)
+@pytest.mark.parametrize("where", ["grad", "param"])
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_nonfinite_values_match_optax_lars(bad, where, wd):
+  """A NaN/Inf in a gradient or parameter gives optax.lars's values, NaN positions
+  included: the zero-norm fallback (norm == 0) never turns a NaN norm into 1."""
+  params = {"w": jnp.ones((3, 3)), "ok": jnp.full((2,), 2.0)}
+  grads = {"w": jnp.ones((3, 3)), "ok": jnp.ones(2)}
+  tree = grads if where == "grad" else params
+  tree["w"] = tree["w"].at[1, 1].set(bad)
+  ours, ref = lars_jax.lars(0.1, weight_decay=wd), optax.lars(0.1, weight_decay=wd)
+  u, _ = ours.update(grads, ours.init(params), params)
+  u_ref, _ = ref.update(grads, ref.init(params), params)
+  for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref)):
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_allclose(a, b, rtol=RTOL)
+  assert not np.all(np.isfinite(u["w"]))  # never laundered into a finite step
+  np.testing.assert_allclose(u["ok"], u_ref["ok"], rtol=RTOL)  # other leaves unaffected
+
+
+def test_nan_gradient_is_not_a_plain_sgd_step():
+  """The issue's case: one NaN used to give -0.1 (an SGD step, 100x LARS) elsewhere."""
+  g = jnp.ones((3, 3)).at[0, 0].set(jnp.nan)
+  tx = lars_jax.lars(0.1)
+  u, _ = tx.update(g, tx.init(jnp.ones((3, 3))), jnp.ones((3, 3)))
+  assert np.all(np.isnan(u))
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_zero_norms_give_no_nan_even_through_the_gradient(wd):
+  """Exact zero norms fall back to ratio 1, and differentiating through the update at
+  a zero parameter or gradient gives finite derivatives."""
+  tx = lars_jax.lars(0.1, weight_decay=wd)
+
+  def loss(p, g):
+    u, _ = tx.update(g, tx.init(p), p)
+    return jnp.sum(u**2)
+
+  for p, g in [(jnp.zeros(3), jnp.ones(3)), (jnp.ones(3), jnp.zeros(3)), (jnp.zeros(3),) * 2]:
+    u, _ = tx.update(g, tx.init(p), p)
+    assert np.all(np.isfinite(u))
+    dp, dg = jax.grad(loss, argnums=(0, 1))(p, g)
+    assert np.all(np.isfinite(dp)) and np.all(np.isfinite(dg))
+
+
+# ----------------------------------------------------------------------------
+# Continuing from an optax.lars state (issue 11, section 6).
+
+CONVERT_CASES = [
+  dict(),
+  dict(weight_decay=1e-2, nesterov=True),
+  dict(
+    weight_decay=optax.exponential_decay(0.1, 2, 0.5),
+    weight_decay_mask=lars_jax.masks.min_ndim(2),
+    trust_ratio_mask=lars_jax.masks.min_ndim(2),
+  ),
+]
+
+
+@pytest.mark.parametrize("kwargs", CONVERT_CASES)
+@pytest.mark.parametrize("schedule", [False, True])
+@pytest.mark.parametrize("keep_stats", [False, True])
+def test_state_from_optax_lars_continues_bit_for_bit(kwargs, schedule, keep_stats):
+  lr = optax.warmup_cosine_decay_schedule(0.0, 2.0, 3, 10) if schedule else 0.7
+  ref, ours = optax.lars(lr, **kwargs), lars_jax.lars(lr, **kwargs, keep_stats=keep_stats)
+  params = _params(jax.random.PRNGKey(2))
+
+  def grads(i):
+    return jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(50 + i), x.shape), params)
+
+  step_ref, step_ours = jax.jit(ref.update), jax.jit(ours.update)
+  p, s = params, ref.init(params)
+  for i in range(4):  # train with optax.lars
+    u, s = step_ref(grads(i), s, p)
+    p = optax.apply_updates(p, u)
+  p_ref, s_ref = p, s
+  p_ours, s_ours = p, lars_jax.state_from_optax_lars(s, ours.init(p))
+  for i in range(4, 8):  # continue with optax and with lars_jax
+    u, s_ref = step_ref(grads(i), s_ref, p_ref)
+    p_ref = optax.apply_updates(p_ref, u)
+    u, s_ours = step_ours(grads(i), s_ours, p_ours)
+    p_ours = optax.apply_updates(p_ours, u)
+    for a, b in zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_ref)):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_state_from_optax_lars_says_what_differs():
+  params = _params(jax.random.PRNGKey(3))
+  s = optax.lars(0.1).init(params)
+  with pytest.raises(ValueError, match="counts learning-rate steps"):
+    lars_jax.state_from_optax_lars(s, lars_jax.lars(optax.constant_schedule(0.1)).init(params))
+  with pytest.raises(ValueError, match="4-tuple state of optax.lars"):
+    lars_jax.state_from_optax_lars(lars_jax.lars(0.1).init(params), lars_jax.lars(0.1).init(params))
+  with pytest.raises(ValueError, match="momentum buffers differ"):
+    lars_jax.state_from_optax_lars(s, lars_jax.lars(0.1).init({"x": jnp.ones(2)}))
+
+
+# ----------------------------------------------------------------------------
+# Argument errors (issue 11, section 5).
+
+
+def test_gradient_shape_mismatch_names_the_leaf():
+  params = {"dense": {"kernel": jnp.ones((4, 3))}}
+  tx = lars_jax.lars(0.1)
+  for bad in [(3, 4), (4, 1)]:  # transposed; broadcastable but different
+    shapes = rf"'dense/kernel' has shape \({bad[0]}, {bad[1]}\).*\(4, 3\)"
+    with pytest.raises(ValueError, match=shapes):
+      tx.update({"dense": {"kernel": jnp.ones(bad)}}, tx.init(params), params)
+
+
+def test_integer_parameter_uses_the_path_format():
+  with pytest.raises(TypeError, match=r"parameter 'opt/step' has dtype int32"):
+    lars_jax.lars(0.1).init({"opt": {"step": jnp.zeros((), jnp.int32)}, "w": jnp.ones(2)})
+
+
+def test_bad_accumulator_dtype_names_the_argument():
+  for bad in ["float33", jnp.int32]:
+    with pytest.raises(TypeError, match="`accumulator_dtype`"):
+      lars_jax.lars(0.1, accumulator_dtype=bad)

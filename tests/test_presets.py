@@ -481,8 +481,8 @@ def test_torch_lars_hand_computed():
 def test_torch_trace_array_momentum_zero_is_pass_through():
   # PyTorch never touches a buffer while momentum is 0, so dampening has no effect;
   # when momentum becomes non-zero the buffer starts as a clone of d.
-  tx0 = lars_jax.torch_trace(jnp.asarray(0.0), dampening=0.5)
-  tx9 = lars_jax.torch_trace(jnp.asarray(0.9), dampening=0.5)
+  tx0 = lars_jax.trace(jnp.asarray(0.0), dampening=0.5)
+  tx9 = lars_jax.trace(jnp.asarray(0.9), dampening=0.5)
   state = tx0.init(jnp.zeros(2))
   for d in ([1.0, 2.0], [3.0, 4.0]):
     u, state = tx0.update(jnp.array(d), state)
@@ -562,7 +562,9 @@ def test_larc_hand_computed():
     u, _ = tx.update(g, tx.init(w), w)
     np.testing.assert_allclose(u, expected, rtol=1e-6)
   # Zero param or zero grad: gradient untouched, no decay.
-  tx = lars_jax.scale_by_larc(0.1, weight_decay=0.5)
+  tx = lars_jax.scale_by_sum_norms_trust_ratio(
+    0.02, 0.5, adapt_without_decay=True, clip_learning_rate=0.1
+  )
   params = {"a": jnp.zeros(2), "b": jnp.array([3.0, 4.0])}
   grads = {"a": jnp.array([0.5, -1.0]), "b": jnp.zeros(2)}
   u, _ = tx.update(grads, tx.init(params), params)

@@ -200,12 +200,20 @@ def test_learning_rate_schedule_in_lars_first_step():
   _close(u1, -0.1 * 0.05 * np.array([0.6, 0.8]))  # schedule(1) = 0.1, ratio 0.05, v0 = 0
 
 
-def test_learning_rate_none_is_identity():
-  tx = lars_jax.scale_by_learning_rate(None)
-  g = {"a": jnp.array([1.0, -2.0])}
-  state = tx.init(g)
-  u, state2 = tx.update(g, state)
-  assert u is g and state2 is state
+@pytest.mark.parametrize(
+  "factory",
+  [
+    lars_jax.scale_by_learning_rate,
+    lars_jax.lars,
+    lars_jax.tf_lars,
+    lars_jax.torch_lars,
+    lambda lr: lars_jax.larc(optax.sgd(0.1), lr),
+  ],
+)
+def test_learning_rate_none_is_an_error(factory):
+  """None used to be the identity: lars(None) then stepped uphill by r * u."""
+  with pytest.raises(TypeError, match="`learning_rate` is None"):
+    factory(None)
 
 
 # ----------------------------------------------------------------------------

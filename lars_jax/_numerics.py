@@ -1,0 +1,206 @@
+"""Numerics shared by the transforms: wide precision, norms, guarded trust ratios.
+
+All arithmetic on norms and ratios runs in float32 or wider (float64 for float64
+leaves), so bfloat16/float16 parameters never underflow an `eps` or overflow a squared
+norm, and every result is cast back to the dtype of the update it scales.
+
+Guards: an exact zero norm never produces NaN or Inf (nor a NaN gradient through the
+update), but a NaN or Inf that comes in is never hidden. Each guard below is one
+reference implementation's rule, named after what it tests.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def wide_dtype(dtype: Any) -> jnp.dtype:
+  """The dtype our arithmetic runs in for `dtype`: float32 or wider."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def real_wide_dtype(dtype: Any) -> jnp.dtype:
+  """`wide_dtype` of the real part (float32 for complex64)."""
+  return jnp.finfo(wide_dtype(dtype)).dtype
+
+
+def scale(u: jax.Array, s: jax.Array | float) -> jax.Array:
+  """`u * s` computed in wide precision, in `u`'s dtype."""
+  return (u.astype(wide_dtype(u.dtype)) * s).astype(u.dtype)
+
+
+def decayed_wide(u: jax.Array, p: jax.Array, weight_decay: Any) -> jax.Array:
+  """`u + weight_decay * p`, the decayed gradient, in wide precision."""
+  return u.astype(wide_dtype(u.dtype)) + weight_decay * p.astype(wide_dtype(p.dtype))
+
+
+def decayed(u: jax.Array, p: jax.Array, weight_decay: Any) -> jax.Array:
+  """`decayed_wide` rounded to `u`'s dtype."""
+  return decayed_wide(u, p, weight_decay).astype(u.dtype)
+
+
+def zeros_like(x: Any, dtype: Any = None) -> jax.Array:
+  """Zeros shaped (and, for a `jax.ShapeDtypeStruct`, sharded) like `x`."""
+  dtype = dtype or x.dtype
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return jnp.zeros(x.shape, dtype, device=getattr(x, "sharding", None))
+  return jnp.zeros_like(x, dtype=dtype)
+
+
+def sq_norm(x: jax.Array) -> jax.Array:
+  """Sum of squared moduli of all elements of `x`, in float32 or wider."""
+  acc = wide_dtype(x.dtype)
+  x = x.astype(acc)
+  if jnp.issubdtype(acc, jnp.complexfloating):
+    return jnp.sum(jnp.square(x.real) + jnp.square(x.imag))
+  return jnp.sum(jnp.square(x))
+
+
+def safe_sqrt(sq: jax.Array) -> jax.Array:
+  """`sqrt(sq)`, whose derivative at exactly 0 is 0 instead of inf; NaN and Inf pass."""
+  zero = sq == 0
+  return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
+
+
+def trust_ratio(
+  param_norm: jax.Array,
+  update_norm: jax.Array,
+  trust_coefficient: float | jax.Array,
+  eps: float | jax.Array = 0.0,
+) -> jax.Array:
+  r""":math:`\eta \|w\| / (\|u\| + \epsilon)`, or 1 where a norm is exactly 0 (optax's guard).
+
+  A NaN or Inf norm is not a zero norm: it gives a NaN (or 0/Inf) ratio, as
+  `optax.scale_by_trust_ratio` does, so a diverging layer shows up.
+  """
+  zero = (param_norm == 0) | (update_norm == 0)
+  denom = jnp.where(zero, 1.0, update_norm + eps)
+  return jnp.where(zero, 1.0, trust_coefficient * param_norm / denom)
+
+
+def trust_ratio_if_positive(
+  param_norm: jax.Array, update_norm: jax.Array, trust_coefficient: float | jax.Array
+) -> jax.Array:
+  r""":math:`\eta \|w\| / \|u\|` if both norms are > 0, else 1 (TF Model Garden's nested
+  ``where``: a NaN norm falls back to 1)."""
+  ok = (param_norm > 0) & (update_norm > 0)
+  return jnp.where(ok, trust_coefficient * param_norm / jnp.where(ok, update_norm, 1.0), 1.0)
+
+
+# Leaves below this many elements get their squared norms batched: stacked by shape
+# and reduced together. Each small reduction is otherwise its own kernel (two on XLA
+# CPU, which squares and reduces small arrays separately), and per-kernel overhead,
+# not bandwidth, dominates for biases and normalisation scales. 4096 is also where
+# XLA CPU starts sending reductions to YNNPACK. A stack holds at most 8 leaves: XLA
+# CPU fuses a concatenate of up to 8 operands, and larger ones are slow.
+SMALL_LEAF = 4096
+STACK_MAX = 8
+
+
+def _type_sharded(x: jax.Array) -> bool:
+  """Whether `x`'s type carries a mesh sharding (explicit sharding mode): such leaves
+  are not batched (`jnp.stack` needs equal shardings)."""
+  typeof = getattr(jax, "typeof", None)
+  spec = getattr(getattr(typeof(x), "sharding", None), "spec", None) if typeof else None
+  return spec is not None and any(a is not None for a in spec)
+
+
+def sq_norms(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
+  """`[sq_norm(x) for x in leaves]` as a vector of `dtype`, small leaves batched."""
+  by_shape: dict[tuple[Any, ...], list[int]] = {}
+  for i, x in enumerate(leaves):
+    if x.size < SMALL_LEAF and not _type_sharded(x):
+      by_shape.setdefault((x.shape, jnp.dtype(x.dtype)), []).append(i)
+  groups = [
+    idx[start : start + STACK_MAX]
+    for idx in by_shape.values()
+    for start in range(0, len(idx), STACK_MAX)
+    if len(idx[start : start + STACK_MAX]) > 1
+  ]
+  if not groups:
+    return jnp.stack([sq_norm(x).astype(dtype) for x in leaves])
+  pieces, order = [], []
+  batched = {i for idx in groups for i in idx}
+  for i, x in enumerate(leaves):
+    if i not in batched:
+      pieces.append(sq_norm(x).astype(dtype)[None])
+      order.append(i)
+  for idx in groups:
+    stacked = jnp.stack([leaves[i].reshape(-1) for i in idx]).astype(
+      wide_dtype(leaves[idx[0]].dtype)
+    )
+    if jnp.issubdtype(stacked.dtype, jnp.complexfloating):
+      sq = jnp.sum(jnp.square(stacked.real) + jnp.square(stacked.imag), axis=1)
+    else:
+      sq = jnp.sum(jnp.square(stacked), axis=1)
+    pieces.append(sq.astype(dtype))
+    order.extend(idx)
+  return jnp.concatenate(pieces)[jnp.asarray(_inverse(order))]
+
+
+def _inverse(order: Sequence[int]) -> list[int]:
+  inverse = [0] * len(order)
+  for pos, i in enumerate(order):
+    inverse[i] = pos
+  return inverse
+
+
+def norm_dtype(leaves: Sequence[Any]) -> jnp.dtype:
+  """The dtype of the norms of `leaves`: float32, or float64 if any leaf is float64."""
+  return jnp.result_type(jnp.float32, *[real_wide_dtype(x.dtype) for x in leaves])
+
+
+def layer_norms(
+  leaf_lists: Sequence[Sequence[jax.Array]],
+  axes: Sequence[tuple[Hashable, ...]],
+) -> list[jax.Array]:
+  """Per-leaf L2 norms of several aligned leaf lists, as one vector per list.
+
+  All squared norms are computed in float32 (float64 if any leaf is float64),
+  stacked, summed across devices with one `lax.psum` (over the union of all leaves'
+  axes; each leaf counted once per shard), and square-rooted as vectors.
+
+  Args:
+    leaf_lists: K lists of N arrays each (e.g. params and updates).
+    axes: N tuples of mesh-axis names (`lars_jax._tree.leaf_axes`), () for unsplit leaves.
+
+  Returns:
+    K vectors of shape (N,).
+  """
+  n = len(axes)
+  if n == 0:
+    return [jnp.zeros((0,), jnp.float32) for _ in leaf_lists]
+  dtype = norm_dtype([x for leaves in leaf_lists for x in leaves])
+  groups: dict[tuple[Hashable, ...], list[int]] = {}
+  for i, a in enumerate(axes):
+    groups.setdefault(a, []).append(i)
+  if len(groups) == 1:
+    (a,) = groups
+    sq = jnp.stack([sq_norms(leaves, dtype) for leaves in leaf_lists])  # (K, N)
+    return list(safe_sqrt(jax.lax.psum(sq, a) if a else sq))
+  # Several axis groups. Each is stacked on its own, so that under `shard_map` a
+  # replicated leaf's norm does not take the device-varying type of a split leaf's
+  # (`check_vma` would then reject its replicated update). All split groups share
+  # ONE psum over the union of their axes: a leaf's squared norms enter it only on
+  # the devices at index 0 of the union axes it is not split over (exact zeros
+  # elsewhere), so each of its shards is counted once.
+  union = tuple(dict.fromkeys(ax for a in groups for ax in a))
+  local, split, order_local, order_split = [], [], [], []
+  for a, idx in groups.items():
+    sq = jnp.stack([sq_norms([leaves[i] for i in idx], dtype) for leaves in leaf_lists])
+    if not a:
+      local.append(sq)
+      order_local.extend(idx)
+      continue
+    first = [jax.lax.axis_index(ax) == 0 for ax in union if ax not in a]
+    if first:
+      sq = jnp.where(functools.reduce(jnp.logical_and, first), sq, jnp.zeros_like(sq))
+    split.append(sq)
+    order_split.extend(idx)
+  sq = jnp.concatenate([*local, jax.lax.psum(jnp.concatenate(split, axis=1), union)], axis=1)
+  return list(safe_sqrt(sq[:, jnp.asarray(_inverse(order_local + order_split))]))

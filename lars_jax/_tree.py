@@ -1,0 +1,185 @@
+"""Tree helpers shared by the transforms: argument checks on trees, mesh axes, counts.
+
+Everything here runs in Python at trace time, on structure, shapes, dtypes and types
+(never on values), so it costs nothing in the compiled step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec
+
+from lars_jax import _checks
+from lars_jax import masks as masks_lib
+
+AxisNames = Any  # None | str | tuple[str, ...] | PartitionSpec | pytree (prefix) of these
+
+
+def flatten_like(tree: Any, treedef: Any, what: str, transform: str) -> list[Any]:
+  """Flattens `tree` up to `treedef` with a clear error on mismatch."""
+  try:
+    return treedef.flatten_up_to(tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+      f"{transform}: `{what}` does not have the structure of the updates. "
+      f"Updates: {treedef}; {what}: {jax.tree.structure(tree)}. Pass {what} "
+      f"with the same tree structure as the gradients. ({e})"
+    ) from None
+
+
+def check_shapes(
+  transform: str, updates: Any, leaves: Sequence[Any], ref_leaves: Sequence[Any], what: str
+) -> None:
+  """Raises ValueError naming the first leaf whose update shape differs from `what`'s.
+
+  A broadcastable but different shape (a (4, 1) gradient for a (4, 3) parameter) is
+  rejected too: it is always a bug.
+  """
+  for i, (u, r) in enumerate(zip(leaves, ref_leaves)):
+    if getattr(u, "shape", None) != getattr(r, "shape", None):
+      path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(updates)[0][i][0])
+      raise ValueError(
+        f"{transform}: the update for {path!r} has shape {tuple(u.shape)} but its "
+        f"{what} has shape {tuple(r.shape)}. Pass gradients computed for these "
+        "parameters (same tree, same shapes)."
+      )
+
+
+def flat_update_args(
+  name: str, updates: Any, params: Any, mask: masks_lib.Mask, where: str = ""
+) -> tuple[list[Any], list[Any], Any, list[bool]]:
+  """What a masked, params-reading transform checks first in `update`.
+
+  Returns the update leaves, the param leaves aligned with them, the updates'
+  treedef and the resolved mask (one bool per leaf); raises if `params` is missing,
+  does not match `updates` (structure or shapes), holds non-float leaves, or `mask`
+  does not fit. `where` names, in mask errors, the factory argument the mask came from.
+  """
+  if params is None:
+    raise _checks.no_params_error(name)
+  u_leaves, treedef = jax.tree.flatten(updates)
+  p_leaves = flatten_like(params, treedef, "params", name)
+  check_shapes(name, updates, u_leaves, p_leaves, "parameter")
+  _checks.check_float_leaves(name, params)
+  bits = masks_lib.resolve(mask, params, arg="mask", where=where)
+  return u_leaves, p_leaves, treedef, bits
+
+
+def init_checks(name: str, params: Any, mask: masks_lib.Mask, where: str, axis_name: Any) -> None:
+  """What a masked, params-reading transform checks in `init`."""
+  _checks.check_float_leaves(name, params)
+  if jax.tree.leaves(params):  # not optax.tree_map_params' leafless placeholder
+    masks_lib.resolve(mask, params, arg="mask", where=where)
+    leaf_axes(axis_name, params)
+
+
+def _is_axis_leaf(x: Any) -> bool:
+  return (
+    x is None
+    or isinstance(x, (str, PartitionSpec))
+    or (isinstance(x, tuple) and len(x) > 0 and all(isinstance(a, str) for a in x))
+  )
+
+
+def _normalize_axes(a: Any) -> tuple[Hashable, ...]:
+  if a is None:
+    return ()
+  if isinstance(a, str):
+    return (a,)
+  if isinstance(a, PartitionSpec):
+    out: list[Hashable] = []
+    for entry in a:
+      if isinstance(entry, str):
+        out.append(entry)
+      elif isinstance(entry, tuple):
+        out.extend(e for e in entry if isinstance(e, str))
+    return tuple(out)
+  return tuple(a)
+
+
+def leaf_axes(axis_name: AxisNames, tree: Any) -> list[tuple[Hashable, ...]]:
+  """Resolves `axis_name` (a name, tuple, PartitionSpec or pytree prefix of them).
+
+  Returns one tuple of mesh-axis names per leaf of `tree`: the axes over which that
+  leaf is split, so its squared norm must be summed over them.
+  """
+  n = len(jax.tree.leaves(tree))
+  if axis_name is None:
+    return [()] * n
+  if _is_axis_leaf(axis_name):
+    return [_normalize_axes(axis_name)] * n
+  axes_leaves, axes_def = jax.tree.flatten(axis_name, is_leaf=_is_axis_leaf)
+  try:
+    subtrees = axes_def.flatten_up_to(tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+      "`axis_name` must be a mesh-axis name, a tuple of names, a PartitionSpec, "
+      "or a pytree of those with the params' structure (or a prefix of it). "
+      f"Got structure {axes_def} for params {jax.tree.structure(tree)}. ({e})"
+    ) from None
+  out: list[tuple[Hashable, ...]] = []
+  for a, sub in zip(axes_leaves, subtrees):
+    out.extend([_normalize_axes(a)] * len(jax.tree.leaves(sub)))
+  return out
+
+
+def varying_axes(x: Any) -> frozenset[Hashable]:
+  """The manual mesh axes `x` varies over under `shard_map` (empty where JAX's type
+  says nothing: outside `shard_map`, or with ``check_vma=False``)."""
+  typeof = getattr(jax, "typeof", None)
+  if typeof is None or not isinstance(x, jax.core.Tracer):
+    return frozenset()
+  aval = typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.9
+  varying = getattr(manual, "varying", None) if manual is not None else getattr(aval, "vma", None)
+  return frozenset(varying or ())
+
+
+def checked_leaf_axes(
+  name: str, axis_name: AxisNames, params: Any, idx: Sequence[int]
+) -> list[tuple[Hashable, ...]]:
+  """`leaf_axes` for the leaves `idx` whose norms `name` takes, checked against JAX's types.
+
+  Under `shard_map` (with ``check_vma``, the default) a parameter split over a mesh
+  axis varies over it. Its norm is then a per-shard norm unless `axis_name` names
+  that axis: raise instead of silently using the slice's norm.
+  """
+  axes = leaf_axes(axis_name, params)
+  p_leaves = jax.tree.leaves(params)
+  for i in idx:
+    missing = varying_axes(p_leaves[i]) - set(axes[i])
+    if missing:
+      path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(params)[0][i][0])
+      ax = sorted(map(str, missing))
+      raise ValueError(
+        f"{name}: parameter {path!r} varies over the mesh axis {ax} under shard_map, "
+        f"but `axis_name` gives it {list(axes[i]) or 'no axis'}: its norm would be the "
+        f"norm of this device's slice only. If the leaf is split over {ax}, pass "
+        f"axis_name={ax[0]!r} (or the params' PartitionSpec tree); if it should be "
+        "replicated, give it an in_spec without that axis (or pmean it)."
+      )
+  return [axes[i] for i in idx]
+
+
+def count_state(counted: bool) -> optax.ScaleByScheduleState | optax.EmptyState:
+  """The state of a transform that reads a schedule: a step count, or nothing."""
+  if counted:
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+  return optax.EmptyState()
+
+
+def at_count(value: Any, state: Any) -> Any:
+  """`value(state.count)` for a schedule, `value` itself otherwise."""
+  return value(state.count) if callable(value) else value
+
+
+def advance(state: Any) -> Any:
+  """The count state one step later (unchanged if it holds no count)."""
+  if isinstance(state, optax.ScaleByScheduleState):
+    return optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+  return state
