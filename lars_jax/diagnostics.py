@@ -11,6 +11,7 @@ any logger.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -35,12 +36,19 @@ def _unwrap_nnx(tree: Any) -> Any:
   )
 
 
+def _is_stats(x: Any) -> bool:
+  return isinstance(x, LayerStats) or (
+    isinstance(x, Mapping) and set(x.keys()) == set(LayerStats._fields)
+  )
+
+
 def layer_stats(opt_state: Any) -> dict[str, float]:
   r"""The per-layer statistics kept in an optimizer state, as ``{'<stat>/<path>': float}``.
 
   Finds every `LayerStats` in `opt_state`, wherever it sits (inside `optax.chain`,
   `optax.masked`, `optax.multi_transform`, `optax.inject_hyperparams`,
-  `optax.MultiSteps`, a Flax NNX optimizer state), and returns for each adapted leaf
+  `optax.MultiSteps`, a Flax NNX ``optimizer.opt_state`` or ``nnx.state(optimizer)``),
+  and returns for each adapted leaf
   ``param_norm/<path>``, ``update_norm/<path>`` and ``trust_ratio/<path>``: the
   numbers the last step used (for `lars_jax.lars`: :math:`\|w\|`,
   :math:`\|g + \lambda w\|` and :math:`r`; for the PyTorch presets the raw-gradient
@@ -71,13 +79,13 @@ def layer_stats(opt_state: Any) -> dict[str, float]:
     trust_ratio/conv/kernel 0.002
     update_norm/conv/kernel 1.0
   """
-  found = jax.tree_util.tree_flatten_with_path(
-    _unwrap_nnx(opt_state), is_leaf=lambda x: isinstance(x, LayerStats)
-  )[0]
+  found = jax.tree_util.tree_flatten_with_path(_unwrap_nnx(opt_state), is_leaf=_is_stats)[0]
   out: dict[str, Any] = {}
   for state_path, node in found:
-    if not isinstance(node, LayerStats):
+    if not _is_stats(node):
       continue
+    if isinstance(node, Mapping):  # nnx.state(optimizer) turns NamedTuples into mappings
+      node = LayerStats(**node)
     for stat, tree in zip(LayerStats._fields, node):
       for leaf_path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
         path = masks_lib.path_str(leaf_path)
