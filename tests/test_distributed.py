@@ -105,3 +105,30 @@ def test_readme_pods_section_runs():
   _outcome(proc, "doc_pods block 1")
   _outcome(proc, "doc_pods block 2")
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def shard_map_axis_check() -> subprocess.CompletedProcess:
+  return _run("shard_map_axis_check.py")
+
+
+@pytest.mark.parametrize(
+  "check",
+  [
+    "split_without_axis_name_raises",  # ValueError names the leaf, 'model' and axis_name
+    "split_with_axis_name_equals_one_device",  # names per leaf / PartitionSpec tree
+    "replicated_without_axis_name",  # invariant params need no axis_name
+    "no_vma_is_per_shard",  # check_vma=False: no error, per-shard norm (documented)
+    "presets_raise_and_work",  # tf_lars (both momenta), torch_lars, larc
+    "unadapted_split_leaf_needs_no_axis_name",  # no norm taken: no error
+  ],
+)
+def test_shard_map_without_axis_name(shard_map_axis_check, check):
+  """Issue 11 §4: under shard_map with check_vma, a parameter split over a mesh axis
+  that `axis_name` does not cover raises instead of silently using its slice's norm."""
+  _outcome(shard_map_axis_check, check)
+
+
+def test_shard_map_axis_check_exit_code(shard_map_axis_check):
+  proc = shard_map_axis_check
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
