@@ -298,7 +298,7 @@ def test_readme_flax_section_runs(tmp_path, monkeypatch):
   from readme_blocks import python_blocks  # tests/readme_blocks.py
 
   blocks = python_blocks("With Flax")
-  assert len(blocks) == 6
+  assert len(blocks) == 7
   monkeypatch.chdir(tmp_path)
   ns: dict = {}
   for i, block in enumerate(blocks):
@@ -312,3 +312,12 @@ def test_readme_flax_section_runs(tmp_path, monkeypatch):
   assert jax.tree.structure(restored) == jax.tree.structure(saved)
   equal = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), restored, saved)
   assert all(jax.tree.leaves(equal))
+  # optax.lars checkpoint: the converted state takes the step optax.lars takes, bit for bit.
+  want, _ = ns["train_step"](ns["old"], ns["x"], ns["y"])
+  got = ns["resumed"]
+  assert int(got.step) == int(want.step) == 4
+  for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+    np.testing.assert_array_equal(a, b, strict=True)
+  trace = lambda s: optax.tree_utils.tree_get(s.opt_state, "trace")
+  for a, b in zip(jax.tree.leaves(trace(got)), jax.tree.leaves(trace(want))):
+    np.testing.assert_array_equal(a, b, strict=True)
