@@ -698,3 +698,288 @@ def test_bad_use_at_update():
   with pytest.raises(ValueError, match=r"`weight_decay_mask` in torch_lars\) does not match"):
     tx = lars_jax.torch_lars(0.1, weight_decay=1e-2, weight_decay_mask={"w": True})
     tx.init(p)
+
+
+# ----------------------------------------------------------------------------
+# Non-finite values follow each framework's guard (issue 11 §1).
+#
+# One element of conv/kernel (adapted and decayed in every case) is NaN, +Inf or -Inf:
+# in the gradient of step 1 only (a bad batch), or in the initial parameter. Three steps
+# of each preset / transform are compared, step by step, with the float64 references
+# above (their guards are the frameworks' tests, written as such: Model Garden
+# `wn > 0 and xn > 0`, Flash `wd != 0 and wn != 0 and gn != 0`, LARC `wn != 0 and
+# gn != 0`) and with `LarsReference` / `TransformReference` below for optax's
+# `== 0` guard. What that means for a NaN norm:
+#   * Model Garden (tf_lars, positive_norms_only=True): r = 1, only the NaN elements
+#     stay NaN, the rest of the leaf takes a plain step;
+#   * Flash, LARC (torch_lars, larc, scale_by_sum_norms_trust_ratio): `!= 0` holds for
+#     NaN, so the whole leaf's update is NaN;
+#   * optax (lars, scale_by_trust_ratio[_with_decay]): the ratio falls back to 1 only
+#     where a norm == 0, so the whole leaf is NaN.
+# Comparison (`_same_nonfinite`): the NaN, +Inf and -Inf masks of updates and params are
+# equal exactly; the finite values agree with rtol 1e-6 and an absolute floor of 1e-6 *
+# the largest finite |value| of the leaf (as `_close`).
+
+BAD_LEAF = NAMES.index("conv/kernel")
+BAD_INDEX = (0, 1, 0, 2)
+NONFINITE = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf}
+NONFINITE_STEPS = 3
+T_LR = 0.1  # the step size applied to a bare transform's output
+
+
+class LarsReference:
+  """optax.lars (LARS_VARIANTS section 1): u = g + wd w; r = eta |w| / (|u| + eps), or 1
+  where a norm == 0 (optax's guard: a NaN norm gives a NaN ratio); v = mu v + lr r u;
+  the update is -v (Nesterov: -(mu v + lr r u))."""
+
+  def __init__(
+    self,
+    learning_rate,
+    weight_decay=0.0,
+    trust_coefficient=0.001,
+    eps=0.0,
+    momentum=0.9,
+    nesterov=False,
+  ):
+    self.lr, self.wd, self.eta, self.eps = learning_rate, weight_decay, trust_coefficient, eps
+    self.mu, self.nesterov = momentum, nesterov
+    self.v = None
+
+  def step(self, params, grads):
+    if self.v is None:
+      self.v = [np.zeros_like(w) for w in params]
+    updates = []
+    for i, (w, g) in enumerate(zip(params, grads)):
+      u = np.asarray(g, np.float64) + self.wd * w
+      wn, un = _norm(w), _norm(u)
+      r = 1.0 if wn == 0 or un == 0 else self.eta * wn / (un + self.eps)
+      self.v[i] = self.mu * self.v[i] + self.lr * r * u
+      updates.append(-(self.mu * self.v[i] + self.lr * r * u) if self.nesterov else -self.v[i])
+    return updates
+
+
+class TransformReference:
+  """A bare trust-ratio transform followed by a step of -T_LR:
+  * "optax": u = g + wd w (all leaves); r = 1 if |w| == 0 or |u| == 0, else
+    eta |w| / (|u| + eps); d = r u (scale_by_trust_ratio[_with_decay]);
+  * "tf": the same with r = eta |w| / |u| only if |w| > 0 and |u| > 0, else 1
+    (positive_norms_only=True);
+  * "sum": d = a (g + wd w) if |w| != 0, |g| != 0 (and wd != 0 unless
+    adapt_without_decay), a = eta |w| / (|g| + wd |w| + eps), with clip_lr:
+    min(a / clip_lr, 1); else d = g (scale_by_sum_norms_trust_ratio)."""
+
+  def __init__(self, guard, eta, wd=0.0, eps=0.0, adapt_without_decay=False, clip_lr=None):
+    self.guard, self.eta, self.wd, self.eps = guard, eta, wd, eps
+    self.adapt_without_decay, self.clip_lr = adapt_without_decay, clip_lr
+
+  def step(self, params, grads):
+    updates = []
+    for w, g in zip(params, grads):
+      g = np.asarray(g, np.float64)
+      wn = _norm(w)
+      if self.guard == "sum":
+        gn = _norm(g)
+        if wn != 0 and gn != 0 and (self.adapt_without_decay or self.wd != 0):
+          a = self.eta * wn / (gn + self.wd * wn + self.eps)
+          if self.clip_lr is not None:
+            a = min(a / self.clip_lr, 1.0)  # min(NaN, 1) is NaN, as torch's min
+          d = a * (g + self.wd * w)
+        else:
+          d = g
+      else:
+        u = g + self.wd * w if self.wd else g  # a Python 0 adds nothing (not 0 * Inf)
+        un = _norm(u)
+        if self.guard == "optax":
+          r = 1.0 if wn == 0 or un == 0 else self.eta * wn / (un + self.eps)
+        else:
+          r = self.eta * wn / un if wn > 0 and un > 0 else 1.0
+        d = r * u
+      updates.append(-T_LR * d)
+    return updates
+
+
+def _nonfinite_cases():
+  """name -> (make the optax transformation, make its float64 reference, what a NaN in
+  the gradient does to the bad leaf's first update: 'element' or 'leaf')."""
+  tf_classic = dict(learning_rate=0.7, weight_decay_rate=1e-2, exclude_from_weight_decay=["bias"])
+  tf_popular = dict(learning_rate=0.5, momentum=0.8, weight_decay_rate=1e-2, classic_momentum=False)
+  flash = dict(learning_rate=0.5, momentum=0.9, weight_decay=1e-2, trust_coefficient=0.02)
+  lars = dict(learning_rate=0.5, weight_decay=1e-2, trust_coefficient=0.02, eps=1e-3)
+  step = optax.scale(-T_LR)
+
+  def larc(clip, lr):
+    return (
+      lambda: lars_jax.larc(
+        optax.sgd(lr, momentum=0.9), learning_rate=lr, weight_decay=1e-3, clip=clip
+      ),
+      lambda: LarcSgdReference(lr, momentum=0.9, weight_decay=1e-3, clip=clip),
+      "leaf",
+    )
+
+  return {
+    "tf_lars_classic": (
+      lambda: lars_jax.tf_lars(**tf_classic),
+      lambda: TFLarsReference(**tf_classic),
+      "element",
+    ),
+    "tf_lars_popular": (
+      lambda: lars_jax.tf_lars(**tf_popular),
+      lambda: TFLarsReference(**tf_popular),
+      "element",
+    ),
+    "torch_lars": (
+      lambda: lars_jax.torch_lars(**flash),
+      lambda: TorchLarsReference(**flash),
+      "leaf",
+    ),
+    "larc_clip": larc(True, 0.05),
+    "larc_scale": larc(False, 0.1),
+    "lars": (lambda: lars_jax.lars(**lars), lambda: LarsReference(**lars), "leaf"),
+    "scale_by_trust_ratio": (
+      lambda: optax.chain(lars_jax.scale_by_trust_ratio(0.02, eps=1e-3), step),
+      lambda: TransformReference("optax", 0.02, eps=1e-3),
+      "leaf",
+    ),
+    "scale_by_trust_ratio_positive_norms_only": (
+      lambda: optax.chain(lars_jax.scale_by_trust_ratio(0.02, positive_norms_only=True), step),
+      lambda: TransformReference("tf", 0.02),
+      "element",
+    ),
+    "scale_by_trust_ratio_with_decay": (
+      lambda: optax.chain(lars_jax.scale_by_trust_ratio_with_decay(1e-2, 0.02, 1e-3), step),
+      lambda: TransformReference("optax", 0.02, wd=1e-2, eps=1e-3),
+      "leaf",
+    ),
+    "scale_by_trust_ratio_with_decay_positive_norms_only": (
+      lambda: optax.chain(
+        lars_jax.scale_by_trust_ratio_with_decay(1e-2, 0.02, positive_norms_only=True), step
+      ),
+      lambda: TransformReference("tf", 0.02, wd=1e-2),
+      "element",
+    ),
+    "scale_by_sum_norms_trust_ratio": (
+      lambda: optax.chain(lars_jax.scale_by_sum_norms_trust_ratio(0.02, 1e-2), step),
+      lambda: TransformReference("sum", 0.02, wd=1e-2, eps=1e-8),
+      "leaf",
+    ),
+    "scale_by_sum_norms_trust_ratio_larc_clip": (
+      lambda: optax.chain(
+        lars_jax.scale_by_sum_norms_trust_ratio(
+          0.02, 1e-3, adapt_without_decay=True, clip_learning_rate=0.05
+        ),
+        step,
+      ),
+      lambda: TransformReference(
+        "sum", 0.02, wd=1e-3, eps=1e-8, adapt_without_decay=True, clip_lr=0.05
+      ),
+      "leaf",
+    ),
+  }
+
+
+def _same_nonfinite(actual, desired, what):
+  """NaN / +Inf / -Inf positions equal exactly; finite values as `_close`."""
+  for name, a, d in zip(NAMES, actual, desired):
+    a, d = np.asarray(a, np.float64), np.asarray(d, np.float64)
+    for kind, test in [("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)]:
+      np.testing.assert_array_equal(test(a), test(d), err_msg=f"{what}: {name}: {kind} positions")
+    fin = np.isfinite(d)
+    atol = RTOL * float(np.max(np.abs(d[fin]))) if fin.any() else 0.0
+    np.testing.assert_allclose(a[fin], d[fin], rtol=RTOL, atol=atol, err_msg=f"{what}: {name}")
+
+
+def _run_nonfinite(tx, update, ref, where, value, steps=NONFINITE_STEPS):
+  """Like `_run`, with `value` at BAD_INDEX of conv/kernel's step-1 gradient (where =
+  'grad') or initial parameter ('param'); `update` is `tx.update` under jit (one
+  compilation for all values). Returns the float32 updates of each step."""
+  p = _params()
+  if where == "param":
+    p[BAD_LEAF][BAD_INDEX] = value
+  p = [jnp.asarray(x) for x in p]
+  p_ref = [np.asarray(x, np.float64) for x in p]
+  state = tx.init(_tree(p))
+  out = []
+  for step in range(steps):
+    g = _grads(step)
+    if where == "grad" and step == 0:
+      g[BAD_LEAF][BAD_INDEX] = value
+    u, state = update(_tree([jnp.asarray(x) for x in g]), state, _tree(p))
+    u = _leaves(u)
+    what = f"{value} in the {where}: step {step + 1}"
+    with np.errstate(invalid="ignore", over="ignore"):
+      u_ref = ref.step(p_ref, g)
+      _same_nonfinite(u, u_ref, f"updates, {what}")
+      p = [x + y for x, y in zip(p, u)]
+      p_ref = [x + y for x, y in zip(p_ref, u_ref)]
+      _same_nonfinite(p, p_ref, f"params, {what}")
+    out.append(u)
+  return out
+
+
+@pytest.mark.parametrize("case", list(_nonfinite_cases()))
+def test_nonfinite_follows_guard(case):
+  # NaN, +Inf, -Inf, each in a gradient and (separately) in a parameter.
+  make_tx, make_ref, _ = _nonfinite_cases()[case]
+  tx = make_tx()
+  update = jax.jit(tx.update)
+  for where in ("grad", "param"):
+    for value in NONFINITE.values():
+      updates = _run_nonfinite(tx, update, make_ref(), where, value)
+      # Only the bad leaf is touched; a bad gradient reaches its update.
+      for u in updates:
+        for i, x in enumerate(u):
+          if i != BAD_LEAF:
+            assert bool(jnp.all(jnp.isfinite(x))), (where, value, NAMES[i])
+      if where == "grad":
+        assert not np.isfinite(np.asarray(updates[0][BAD_LEAF])).all(), value
+
+
+@pytest.mark.parametrize("case", list(_nonfinite_cases()))
+def test_nan_gradient_element_or_leaf(case):
+  # The guard, stated without a reference: a NaN gradient element makes that leaf's
+  # norm NaN. Model Garden's `> 0` tests fall back to r = 1 (one NaN element, the other
+  # elements take a finite step); `!= 0` (Flash, LARC) and optax's `== 0` fallback let
+  # the NaN ratio through (the whole leaf is NaN).
+  make_tx, _, expected = _nonfinite_cases()[case]
+  tx = make_tx()
+  p = _tree([jnp.asarray(x) for x in _params()])
+  g = _grads(0)
+  g[BAD_LEAF][BAD_INDEX] = np.nan
+  u, _ = jax.jit(tx.update)(_tree([jnp.asarray(x) for x in g]), tx.init(p), p)
+  nan = np.isnan(np.asarray(_leaves(u)[BAD_LEAF]))
+  if expected == "element":
+    assert nan.sum() == 1 and nan[BAD_INDEX], nan.sum()
+  else:
+    assert nan.all(), nan.sum()
+
+
+@pytest.mark.parametrize("case", list(_nonfinite_cases()))
+def test_zero_norms_never_nan_nor_nan_derivatives(case):
+  # Exact zero norms (zero params, zero grads, both; conv/bias and norm/bias start at
+  # zero, dense/kernel gets a zero gradient on step 3 of `_grads`) give finite updates,
+  # and jax.grad of two steps with respect to the params and the gradients is finite.
+  make_tx, _, _ = _nonfinite_cases()[case]
+  tx = make_tx()
+  params = _tree([jnp.asarray(x) for x in _params()])
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  grads = [_tree([jnp.asarray(x) for x in _grads(s)]) for s in (1, 2)]
+
+  def loss(p, g1, g2):
+    state = tx.init(p)
+    for g in (g1, g2):
+      u, state = tx.update(g, state, p)
+      p = optax.apply_updates(p, u)
+    return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(p)), p
+
+  value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+  for label, p, g1, g2 in [
+    ("all zero", zeros, zeros, zeros),
+    ("zero params", zeros, *grads),
+    ("zero grads", params, zeros, zeros),
+    ("mixed", params, *grads),
+  ]:
+    (_, new_p), derivatives = value_and_grad(p, g1, g2)
+    for x in jax.tree.leaves(new_p):
+      assert bool(jnp.all(jnp.isfinite(x))), (case, label)
+    for d in jax.tree.leaves(derivatives):
+      assert bool(jnp.all(jnp.isfinite(d))), (case, label, "derivative")
