@@ -107,6 +107,15 @@ def time_round_robin(
   In each turn a candidate first runs `settle` untimed steps, so that the timed step
   follows a step of its own (see the module docstring).
   """
+  times = round_robin_samples(cands, repeats, warmup, settle)
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def round_robin_samples(
+  cands: dict[str, Compiled], repeats: int, warmup: int = 2, settle: int = 1
+) -> dict[str, list[float]]:
+  """The seconds of each timed step of `time_round_robin`, in round order: the i-th
+  entries of two candidates come from the same round (for paired ratios)."""
   for c in cands.values():
     for _ in range(warmup):
       c.run()
@@ -116,7 +125,7 @@ def time_round_robin(
       for _ in range(settle):
         c.run()
       times[k].append(c.run())
-  return {k: statistics.median(v) for k, v in times.items()}
+  return times
 
 
 def copy_bandwidth(n_floats: int = 64 * 2**20, repeats: int = 15) -> tuple[float, float]:
