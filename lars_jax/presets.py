@@ -203,7 +203,7 @@ def scale_by_sum_norms_trust_ratio(
 
   def init_fn(params):
     _tree.init_checks(name, params, mask, where, axis_name)
-    bits = masks_lib.resolve(mask, params, arg="mask", where=where)
+    bits = transforms.init_bits(mask, params, where)
     return transforms.init_stats(keep_stats, counted, params, bits)
 
   def update_fn(updates, state, params=None, **extra_args):

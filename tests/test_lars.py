@@ -432,3 +432,21 @@ def test_bad_accumulator_dtype_names_the_argument():
   for bad in ["float33", jnp.int32]:
     with pytest.raises(TypeError, match="`accumulator_dtype`"):
       lars_jax.lars(0.1, accumulator_dtype=bad)
+
+
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda m: lars_jax.lars(0.1, weight_decay=0.1, weight_decay_mask=m, trust_ratio_mask=m),
+    lambda m: lars_jax.torch_lars(0.1, weight_decay=1e-2, weight_decay_mask=m),
+    lambda m: lars_jax.scale_by_trust_ratio(mask=m),
+  ],
+)
+def test_dict_masks_work_with_optax_tree_map_params(make):
+  """tree_map_params (used to derive state shardings) calls init on a leafless
+  placeholder: a dict mask must not be resolved against it (optax.lars handles this)."""
+  params = {"k": jnp.ones((4, 4)), "b": jnp.ones(4)}
+  tx = make({"k": False, "b": True})
+  state = tx.init(params)
+  mapped = optax.tree_map_params(tx, lambda x: x + 1, state)
+  assert jax.tree.structure(mapped) == jax.tree.structure(state)
