@@ -88,6 +88,8 @@ def layer_stats(opt_state: Any) -> dict[str, float]:
       node = LayerStats(**node)
     for stat, tree in zip(LayerStats._fields, node):
       for leaf_path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if np.size(value) == 0:  # a state built for a tree without leaves
+          continue
         path = masks_lib.path_str(leaf_path)
         key = f"{stat}/{path}" if path else stat
         if key in out:

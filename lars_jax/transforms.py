@@ -79,6 +79,12 @@ def init_stats(
   if not keep_stats:
     return _tree.count_state(counted)
   leaves, treedef = jax.tree.flatten(params)
+  if not leaves:
+    # No leaves, no statistics. An empty vector, not the (leafless) params structure:
+    # `optax.tree_map_params` initialises on a leafless placeholder, and would take
+    # params-shaped stats for params (and give the scalars the params' shardings).
+    empty = [jnp.zeros((0,), jnp.float32) for _ in range(3)]
+    return TrustRatioState(count=jnp.zeros([], jnp.int32), stats=LayerStats(*empty))
   dtype = _numerics.norm_dtype([x for x, b in zip(leaves, bits) if b])
   zero = [jnp.zeros([], dtype) if b else None for b in bits]
   stats = LayerStats(*(treedef.unflatten(zero) for _ in range(3)))
@@ -100,6 +106,8 @@ def next_state(
   for the leaves `idx` of a tree of `n` leaves."""
   if not isinstance(state, TrustRatioState):
     return _tree.advance(state)
+  if n == 0:
+    return state._replace(count=optax.safe_increment(state.count))
   dtype = jax.tree.leaves(state.stats)[0].dtype if jax.tree.leaves(state.stats) else None
   fields = []
   for vec in norms:

@@ -192,3 +192,36 @@ def test_nnx_optimizer_state():
   assert set(stats) == {f"{s}/dense/{k}" for s in ("param_norm", "update_norm", "trust_ratio")
                         for k in ("kernel", "bias")}  # fmt: skip
   assert lars_jax.layer_stats(nnx.state(optimizer)) == stats
+
+
+def test_keep_stats_with_the_state_sharding_recipe():
+  """The README's pods recipe derives state shardings with optax.tree_map_params: the
+  stats scalars must not take their parameters' shardings (they are not params)."""
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  mesh = jax.make_mesh((1,), ("model",))
+  params = {"k": jnp.ones((4, 4)), "b": jnp.ones(4)}
+  param_sh = {"k": NamedSharding(mesh, P(None, "model")), "b": NamedSharding(mesh, P("model"))}
+  tx = lars_jax.lars(0.1, keep_stats=True)
+  state_sh = optax.tree_map_params(
+    tx,
+    lambda _, s: s,
+    jax.eval_shape(tx.init, params),
+    param_sh,
+    transform_non_params=lambda _: NamedSharding(mesh, P()),
+  )
+  assert state_sh[-1].trace == param_sh
+  state = jax.jit(tx.init, out_shardings=state_sh)(params)
+  _, state = jax.jit(tx.update)(params, state, params)
+  assert set(lars_jax.layer_stats(state)) == {
+    f"{s}/{k}" for s in ("param_norm", "update_norm", "trust_ratio") for k in ("k", "b")
+  }
+
+
+def test_empty_tree():
+  tx = lars_jax.lars(0.1, keep_stats=True)
+  state = tx.init({})
+  _, new = jax.jit(tx.update)({}, state, {})
+  assert jax.tree.structure(new) == jax.tree.structure(state)
+  assert lars_jax.layer_stats(new) == {}
