@@ -1,202 +1,205 @@
-"""`python -m lars_jax.demo --quick` end to end, plus its small pieces."""
+"""The large-batch demo (`python -m benchmarks.large_batch`): --quick end to end, and its pieces."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
+pytest.importorskip("flax")
+pytest.importorskip("mnist1d")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-import lars_jax  # noqa: E402
-from lars_jax import demo  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is not installed: run from the repository
+  sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from benchmarks import large_batch as lb  # noqa: E402
 
 CHANCE = 0.1  # ten balanced classes
 
 
-def _init_params():
-  import jax
-  import jax.numpy as jnp
-
-  return demo.ResNet().init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
-
-
-def _adapted_paths(params) -> set[str]:
-  """Paths of the leaves the demo's LARS decays and adapts (not biases, not BatchNorm)."""
-  import jax
-
-  paths = jax.tree.leaves(lars_jax.masks.tree_paths(params))
-  return {p for p, a in zip(paths, lars_jax.masks.resolve(demo.EXCLUDE, params)) if a}
-
-
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-  out = tmp_path_factory.mktemp("demo_out")
-  return out, demo.main(["--quick", "--out", str(out), "--no-progress"])
+  out = tmp_path_factory.mktemp("large_batch_out")
+  return out, lb.main(["--quick", "--out", str(out), "--no-progress"])
 
 
-def test_quick_lars_beats_chance_by_a_wide_margin(quick_run):
+def test_quick_beats_chance_by_a_wide_margin(quick_run):
   _, res = quick_run
-  lars_rows = [r for r in res["summary"] if r["optimizer"] == "lars"]
-  assert len(lars_rows) == len(demo.QUICK_BATCH_SIZES)
-  for r in lars_rows:
-    assert r["mean"] > 0.7, r  # chance is 0.1
-  # The largest batch (the whole training set) takes one step per epoch.
-  full = max(lars_rows, key=lambda r: r["batch_size"])
-  assert full["batch_size"] == 1437
-  assert full["steps"] == 15  # --quick: 15 epochs
+  rows = res["summary"]
+  assert {r["optimizer"] for r in rows} == {"lars", "sgd", "adamw"}
+  assert sorted({r["batch_size"] for r in rows}) == [256, 1024]
+  for r in rows:
+    floor = 0.75 if r["batch_size"] == 256 else 0.4  # 1024: 42 steps in all
+    assert r["mean"] > floor, r  # chance is 0.1
+    assert r["test_acc"] == [r["mean"]]  # --quick: one seed
+  # Same epochs at every batch size: 8,000 training sequences, 6 epochs.
+  assert {r["batch_size"]: r["steps"] for r in rows if r["optimizer"] == "lars"} == {
+    256: 31 * 6,
+    1024: 7 * 6,
+  }
+
+
+def test_quick_grids_follow_the_rule(quick_run):
+  _, res = quick_run
+  opts = lb.optimizers()
+  for name in ("lars", "sgd", "adamw"):
+    small, large = sorted(
+      (r for r in res["summary"] if r["optimizer"] == name), key=lambda r: r["batch_size"]
+    )
+    first = opts[name].first_lr
+    assert small["grid"] == pytest.approx([first / 2, first, 2 * first])
+    # From the small batch's best rate to twice the linear-scaling value (x 1024/256).
+    best = small["chosen_lr"]
+    assert large["grid"] == pytest.approx([best * 2**i for i in range(4)])
+    for r in (small, large):
+      assert r["chosen_lr"] in r["grid"]
+      assert r["grid_val_acc"][r["grid"].index(r["chosen_lr"])] == max(r["grid_val_acc"])
 
 
 def test_quick_writes_table_json_and_plots(quick_run):
   out, res = quick_run
-  for name in ("results.md", "results.json", "accuracy_vs_batch_size.png", "trust_ratios.png"):
+  names = (
+    "results.md",
+    "results.json",
+    "accuracy_vs_batch_size.png",
+    "accuracy_vs_lr.png",
+    "trust_ratios.png",
+    "update_ratios.png",
+  )
+  for name in names:
     assert (out / name).stat().st_size > 0, name
-  table = (out / "results.md").read_text()
-  assert table.startswith("| batch | steps | LARS peak lr |")
-  assert table == res["table"] + "\n"
+  assert (out / "accuracy_vs_lr.png").read_bytes()[:4] == b"\x89PNG"
+  md = (out / "results.md").read_text()
+  assert md.startswith("| batch | steps | LARS lr | LARS test acc (%) | SGD-momentum lr |")
+  assert res["table"] in md and "validation accuracy (%) per peak learning rate" in md
   saved = json.loads((out / "results.json").read_text())
-  assert len(saved["runs"]) == len(res["runs"]) == 2 * len(demo.QUICK_BATCH_SIZES)
-  assert {r["optimizer"] for r in saved["runs"]} == {"lars", "sgd"}
-  assert (out / "accuracy_vs_batch_size.png").read_bytes()[:4] == b"\x89PNG"
+  # 3 + 4 grid points per optimizer, one seed each.
+  assert len(saved["runs"]) == len(res["runs"]) == 3 * (3 + 4)
+  assert {r["seed"] for r in saved["runs"]} == {0}
+  assert saved["summary"] == json.loads(json.dumps(res["summary"]))
 
 
-def test_quick_logs_trust_ratios_of_adapted_kernels_only(quick_run):
+def test_quick_logs_diagnostics_at_the_largest_batch_only(quick_run):
   _, res = quick_run
-  logged = [r for r in res["runs"] if r.trust_ratios]
-  assert len(logged) == 1
-  run = logged[0]
-  assert run.optimizer == "lars" and run.batch_size == 1437
-  names = set(run.trust_ratios)
-  # Biases and batch-norm parameters are neither decayed nor adapted: no ratio logged.
-  assert names and all(n.endswith("/kernel") for n in names)
-  assert not any("BatchNorm" in n or n.endswith("bias") for n in names)
-  assert names == _adapted_paths(_init_params())  # every adapted layer, in a Python dict
-  for values in run.trust_ratios.values():
-    v = np.asarray(values)
-    assert v.shape == (run.steps,)
-    assert np.all(np.isfinite(v)) and np.all(v > 0)
+  logged = [r for r in res["runs"] if "update_ratios" in r]
+  assert {r["batch_size"] for r in logged} == {1024}
+  assert len(logged) == 3 * 4  # every grid point of every optimizer
+  names = set(logged[0]["update_ratios"])
+  assert "PatchConv_0/kernel" in names and "Dense_0/kernel" in names
+  for r in logged:
+    for path in ("PatchConv_0/kernel", "PatchConv_2/kernel", "Dense_0/kernel"):
+      v = np.asarray(r["update_ratios"][path])
+      assert v.shape == (r["steps"],) and np.all(np.isfinite(v)) and np.all(v >= 0)
+    if r["optimizer"] != "lars":
+      assert r["layer_stats"] == {}  # optax's optimizers keep no statistics
+      continue
+    # lars_jax.layer_stats of LARS's own state: every leaf is adapted, every step.
+    stats = r["layer_stats"]
+    assert {k.split("/", 1)[1] for k in stats if k.startswith("trust_ratio/")} == names
+    for path in names:
+      ratio = np.asarray(stats[f"trust_ratio/{path}"])
+      assert ratio.shape == (r["steps"],) and np.all(np.isfinite(ratio)), path
+      w = np.asarray(stats[f"param_norm/{path}"])
+      u = np.asarray(stats[f"update_norm/{path}"])
+      ok = (w > 0) & (u > 0)
+      np.testing.assert_allclose(ratio[ok], 1e-3 * w[ok] / u[ok], rtol=1e-4, err_msg=path)
 
 
-def test_logged_first_step_ratios_match_a_direct_computation(quick_run):
-  import jax
-  import jax.numpy as jnp
-  import optax
+def test_mnist1d_is_generated_offline_and_cached(tmp_path, monkeypatch):
+  import mnist1d.data
 
-  _, res = quick_run
-  run = next(r for r in res["runs"] if r.trust_ratios)
-  eta, wd = 0.001, 5e-4  # the demo's defaults
-  # Step 1 of the logged run (seed 0, the whole training set as one batch), recomputed.
-  x, y, _, _ = demo.load_digits_split()
-  model = demo.ResNet()
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
-  perm = np.random.default_rng(10_000).permutation(len(y))
+  def no_download(*args, **kwargs):
+    raise AssertionError("get_dataset downloads; the demo must not call it")
 
-  def loss_fn(params):
-    logits, _ = model.apply(
-      {"params": params, "batch_stats": variables["batch_stats"]},
-      jnp.asarray(x[perm]),
-      train=True,
-      mutable=["batch_stats"],
-    )
-    return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y[perm])).mean()
+  monkeypatch.setattr(mnist1d.data, "get_dataset", no_download)
+  state = np.random.get_state()
+  data = lb.make_mnist1d(180, 20, seed=3, cache_dir=tmp_path)
+  assert np.array_equal(np.random.get_state()[1], state[1])  # global RNG left alone
+  assert data["x_train"].shape == (180, lb.SEQ_LEN) and data["x_test"].shape == (20, lb.SEQ_LEN)
+  assert data["x_train"].dtype == np.float32 and data["y_train"].dtype == np.int32
+  assert set(np.unique(np.concatenate([data["y_train"], data["y_test"]]))) == set(range(10))
+  cached = tmp_path / "mnist1d_180_20_seed3.npz"
+  assert cached.exists()
 
-  grads = jax.grad(loss_fn)(variables["params"])
-  # The logged numbers are lars_jax.layer_diagnostics' ratios for the recipe's settings.
-  diag = lars_jax.layer_diagnostics(
-    variables["params"],
-    grads,
-    weight_decay=wd,
-    weight_decay_mask=demo.EXCLUDE,
-    trust_coefficient=eta,
-    trust_ratio_mask=demo.EXCLUDE,
-  )
-  assert set(run.trust_ratios) == _adapted_paths(variables["params"])
-  for path, values in run.trust_ratios.items():
-    np.testing.assert_allclose(values[0], float(diag[f"trust_ratio/{path}"]), rtol=1e-4)
-  for path in ("Conv_0/kernel", "Dense_0/kernel", "ResidualBlock_1/Conv_2/kernel"):
-    node_w, node_g = variables["params"], grads
-    for k in path.split("/"):
-      node_w, node_g = node_w[k], node_g[k]
-    w, g = np.asarray(node_w, np.float64), np.asarray(node_g, np.float64)
-    expected = eta * np.linalg.norm(w) / np.linalg.norm(g + wd * w)
-    np.testing.assert_allclose(run.trust_ratios[path][0], expected, rtol=1e-4, err_msg=path)
-  # Convolutions in front of a zero-initialised batch-norm scale get a zero gradient on
-  # step 1, so u = wd * w and the ratio is exactly eta / wd = 2.
-  for path in ("ResidualBlock_0/Conv_0/kernel", "ResidualBlock_1/Conv_1/kernel"):
-    np.testing.assert_allclose(run.trust_ratios[path][0], eta / wd, rtol=1e-5, err_msg=path)
+  def no_generation(*args, **kwargs):
+    raise AssertionError("the cached arrays should have been read")
+
+  monkeypatch.setattr(mnist1d.data, "make_dataset", no_generation)
+  again = lb.make_mnist1d(180, 20, seed=3, cache_dir=tmp_path)
+  for k in data:
+    np.testing.assert_array_equal(again[k], data[k])
+  with pytest.raises(ValueError, match="multiple of 10"):
+    lb.make_mnist1d(181, 20, cache_dir=tmp_path)
 
 
-def test_trust_ratio_diagnostics_filters_layer_diagnostics_to_adapted_layers():
-  import jax
-  import jax.numpy as jnp
-
-  params = {
-    "Conv_0": {"kernel": jnp.array([3.0, 4.0])},  # |w| = 5
-    "Zero_0": {"kernel": jnp.zeros(3)},  # zero norm: ratio falls back to 1
-    "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.zeros(2)},  # excluded by name
+def test_validation_is_carved_from_the_training_set():
+  data = {
+    "x_train": np.arange(100, dtype=np.float32)[:, None],
+    "y_train": np.arange(100, dtype=np.int32),
+    "x_test": np.zeros((7, 1), np.float32),
+    "y_test": np.zeros(7, np.int32),
   }
-  grads = {
-    "Conv_0": {"kernel": jnp.array([0.0, 1.0])},
-    "Zero_0": {"kernel": jnp.ones(3)},
-    "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
-  }
-  recipe = demo.Recipe("lars", 1.0, weight_decay=0.1, trust_coefficient=0.01)
-  got = jax.jit(demo.trust_ratio_diagnostics(recipe))(params, grads)
-  full = jax.jit(
-    lambda p, g: lars_jax.layer_diagnostics(
-      p,
-      g,
-      weight_decay=0.1,
-      weight_decay_mask=demo.EXCLUDE,
-      trust_coefficient=0.01,
-      trust_ratio_mask=demo.EXCLUDE,
+  s = lb.Split.from_data(data, 30)
+  assert s.y_fit.tolist() == list(range(70)) and s.y_val.tolist() == list(range(70, 100))
+  assert len(s.y_test) == 7
+  with pytest.raises(ValueError, match="--n-val"):
+    lb.Split.from_data(data, 100)
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(5, 2), (3, 1), (4, 2)])
+def test_patch_conv_is_a_same_padded_convolution(kernel_size, stride):
+  conv = lb.PatchConv(6, kernel_size, stride)
+  x = jax.random.normal(jax.random.key(0), (3, 40, 4))
+  params = jax.jit(conv.init)(jax.random.key(1), x)
+  kernel = params["params"]["kernel"]
+  assert kernel.shape == (kernel_size, 4, 6)
+  want = jax.jit(
+    lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (stride,), "SAME", dimension_numbers=("NWC", "WIO", "NWC")
     )
-  )(params, grads)
-  # Exactly the trust_ratio entries of the adapted leaves, with the library's values.
-  assert sorted(got) == ["trust_ratio/Conv_0/kernel", "trust_ratio/Zero_0/kernel"]
-  assert {k: float(v) for k, v in got.items()} == {k: float(full[k]) for k in got}
-  # layer_diagnostics reports 1 for the excluded leaves; the filter drops them.
-  assert float(full["trust_ratio/BatchNorm_0/scale"]) == 1.0
-  u = np.array([0.3, 1.4])  # g + 0.1 w
-  np.testing.assert_allclose(
-    float(got["trust_ratio/Conv_0/kernel"]), 0.05 / np.linalg.norm(u), 1e-6
+  )(x, kernel)
+  np.testing.assert_allclose(jax.jit(conv.apply)(params, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_model_shapes_and_precise_batch_norm():
+  model = lb.CNN()
+  v = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, lb.SEQ_LEN)))
+  shapes = jax.tree.map(jnp.shape, v["params"])
+  assert shapes["PatchConv_0"]["kernel"] == (5, 1, 16)
+  assert shapes["PatchConv_2"]["kernel"] == (3, 32, 32)
+  assert shapes["Dense_0"]["kernel"] == (32 * 5, 10)  # 40 -> 20 -> 10 -> 5 positions
+  x = np.random.default_rng(1).normal(1.0, 3.0, (64, lb.SEQ_LEN)).astype(np.float32)
+  stats = lb.precise_batch_norm(model, v["params"], v["batch_stats"], x, chunk=32)
+  # The first batch norm sees the first convolution of x: its mean over both chunks.
+  conv0 = jax.jit(lb.PatchConv(16, 5, 2).apply)(
+    {"params": v["params"]["PatchConv_0"]}, x[..., None]
   )
-  assert float(got["trust_ratio/Zero_0/kernel"]) == 1.0
+  halves = np.asarray(conv0).reshape(2, 32 * 20, 16)
+  np.testing.assert_allclose(stats["BatchNorm_0"]["mean"], halves.mean(1).mean(0), rtol=1e-4)
+  np.testing.assert_allclose(stats["BatchNorm_0"]["var"], halves.var(1).mean(0), rtol=1e-3)
 
 
-def test_schedule_warms_up_then_decays_to_zero():
-  s = demo.warmup_poly_schedule(2.0, total_steps=20, warmup_steps=4)
-  vals = np.array([float(s(c)) for c in range(21)])
-  np.testing.assert_allclose(vals[:4], [0.5, 1.0, 1.5, 2.0], rtol=1e-6)
-  np.testing.assert_allclose(vals[4], 2.0, rtol=1e-6)
-  assert np.all(np.diff(vals[4:]) <= 0)
-  assert vals[20] == 0.0
-  np.testing.assert_allclose(vals[12], 2.0 * (1 - 8 / 16) ** 2, rtol=1e-6)
+def test_grid_and_plan():
+  assert lb._grid(1.0, 8.0) == [1.0, 2.0, 4.0, 8.0]
+  assert lb._grid(0.3, 0.3 * 64) == pytest.approx([0.3 * 2**i for i in range(7)])
+  plan = lb.Plan(batch_size=1024, steps_per_epoch=58, epochs=8, warmup_epochs=2.0)
+  assert plan.total_steps == 464 and plan.warmup_steps == 116
+  shape = plan.schedule()
+  assert float(shape(0)) == 0.0 and float(shape(116)) == pytest.approx(1.0)
+  assert float(shape(464)) == pytest.approx(0.0, abs=1e-4)
 
 
-def test_bad_inputs_name_the_argument():
+def test_bad_arguments_name_the_option():
   with pytest.raises(ValueError, match="--batch-sizes"):
-    demo._batch_sizes(["0"], 100)
-  with pytest.raises(ValueError, match="--batch-sizes"):
-    demo._batch_sizes(["200"], 100)
-  with pytest.raises(ValueError, match="`optimizer`"):
-    demo.make_optimizer(demo.Recipe("adam", 1.0), 32, 10, 1)
-  assert demo._batch_sizes(["full", "32", "32"], 100) == [32, 100]
-
-
-def test_split_is_fixed_and_validation_never_sees_test_images():
-  x_tr, y_tr, x_te, y_te = demo.load_digits_split()
-  assert x_tr.shape == (1437, 8, 8, 1) and x_te.shape == (360, 8, 8, 1)
-  assert x_tr.dtype == np.float32 and y_tr.dtype == np.int32
-  assert abs(float(x_tr.mean())) < 1e-4 and abs(float(x_tr.std()) - 1) < 1e-4
-  np.testing.assert_array_equal(y_te, demo.load_digits_split()[3])
-  assert np.bincount(y_te).min() >= 35  # stratified: ~36 of each digit
-  from sklearn.datasets import load_digits
-
-  labels = load_digits().target
-  tr, te = demo.split_indices(labels)
-  v_tr, v_val = demo.split_indices(labels, validation=True)
-  assert len(set(tr) | set(te)) == 1797 and not set(tr) & set(te)
-  assert set(v_tr) | set(v_val) == set(tr) and not set(v_val) & set(te)
-  assert demo.load_digits_split(validation=True)[0].shape == (1077, 8, 8, 1)
+    lb._settings(lb._parse_args(["--quick", "--batch-sizes", "9000"]))
+  with pytest.raises(ValueError, match="--warmup-epochs"):
+    lb._settings(lb._parse_args(["--epochs", "4", "--warmup-epochs", "4"]))
+  s = lb._settings(lb._parse_args(["--batch-sizes", "512", "256", "512", "--seeds", "5"]))
+  assert s.batch_sizes == (256, 512) and s.seeds == 5 and s.n_train == 70_000

@@ -158,7 +158,7 @@ def test_ci_runs_the_readme_test_command():
   commands = [ln for ln in quick.splitlines() if ln.startswith("python3 -m venv")]
   assert len(commands) == 2, commands  # exactly two: the demo and the tests
   demo, tests = commands
-  assert demo.endswith("-m lars_jax.demo") and '".[demo]"' in demo
+  assert demo.endswith("-m benchmarks.large_batch") and '".[demo]"' in demo
   ci = (ROOT / ".ci" / "run").read_text().splitlines()
   assert tests in ci, f".ci/run must run the README's test command {tests!r}"
 
