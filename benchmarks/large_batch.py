@@ -190,7 +190,7 @@ class Optimizer:
   name: str
   label: str
   build: Callable[[optax.Schedule], optax.GradientTransformation]
-  first_lr: float  # centre of the first grid, at the smallest batch
+  first_lr: float  # centre of the first grid at the smallest batch (an earlier run's best)
 
 
 def optimizers(
@@ -212,20 +212,20 @@ def optimizers(
           momentum=0.9,
           keep_stats=True,
         ),
-        4.0,
+        16.0,
       ),
-      Optimizer("sgd", "SGD-momentum", lambda lr: optax.chain(l2(), optax.sgd(lr, 0.9)), 0.4),
+      Optimizer("sgd", "SGD-momentum", lambda lr: optax.chain(l2(), optax.sgd(lr, 0.9)), 1.6),
       Optimizer(
         "adamw",
         "AdamW",
         lambda lr: optax.adamw(lr, weight_decay=adamw_weight_decay, mask=DECAYED),
-        4e-3,
+        0.128,
       ),
       Optimizer(
         "nesterov",
         "SGD-Nesterov",
         lambda lr: optax.chain(l2(), optax.sgd(lr, 0.9, nesterov=True)),
-        0.4,
+        1.6,
       ),
       Optimizer(
         "torch_lars",
@@ -238,7 +238,7 @@ def optimizers(
           trust_coefficient=trust_coefficient,
           keep_stats=True,
         ),
-        4.0,
+        16.0,
       ),
     )
   }
@@ -491,7 +491,7 @@ class Settings:
   n_val: int = 10_000
   n_test: int = 10_000
   data_seed: int = 0
-  max_extend: int = 2
+  max_extend: int = 3
   bn_examples: int = 16384
 
   @classmethod
@@ -634,10 +634,7 @@ def format_grids(summary: list[dict[str, Any]], names: Sequence[str], labels: di
 
 
 def _plt():
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # the command line selects the Agg backend first
 
   return plt
 
@@ -805,6 +802,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = _parse_args(argv)
   s = _settings(args)
+  import matplotlib
+
+  matplotlib.use("Agg")  # files only, no windows
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
