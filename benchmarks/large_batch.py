@@ -643,7 +643,7 @@ def plot_accuracy_vs_batch(summary, names, labels, path=None, ax=None):
   plt = _plt()
   fig = None
   if ax is None:
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=90)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
   for n in names:
     rows = sorted((r for r in summary if r["optimizer"] == n), key=lambda r: r["batch_size"])
     bs = [r["batch_size"] for r in rows]
@@ -664,7 +664,7 @@ def plot_accuracy_vs_batch(summary, names, labels, path=None, ax=None):
   if fig is not None:
     fig.tight_layout()
     if path:
-      fig.savefig(path)
+      fig.savefig(path, dpi=90)
   return ax
 
 
@@ -672,7 +672,7 @@ def plot_accuracy_vs_lr(summary, names, labels, batch_size, path=None, ax=None):
   plt = _plt()
   fig = None
   if ax is None:
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=90)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
   for n in names:
     r = next(r for r in summary if r["optimizer"] == n and r["batch_size"] == batch_size)
     (line,) = ax.plot(r["grid"], [100 * v for v in r["grid_val_acc"]], marker="o", label=labels[n])
@@ -687,7 +687,7 @@ def plot_accuracy_vs_lr(summary, names, labels, batch_size, path=None, ax=None):
   if fig is not None:
     fig.tight_layout()
     if path:
-      fig.savefig(path)
+      fig.savefig(path, dpi=90)
   return ax
 
 
@@ -700,7 +700,7 @@ def plot_trust_ratios(stats: dict[str, list[float]], title: str, path=None, ax=N
   plt = _plt()
   fig = None
   if ax is None:
-    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=90)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
   for key, values in sorted(stats.items()):
     if not key.startswith("trust_ratio/"):
       continue
@@ -722,7 +722,7 @@ def plot_trust_ratios(stats: dict[str, list[float]], title: str, path=None, ax=N
   if fig is not None:
     fig.tight_layout()
     if path:
-      fig.savefig(path)
+      fig.savefig(path, dpi=90)
   return ax
 
 
@@ -730,7 +730,7 @@ def plot_update_ratios(per_opt: dict[str, dict[str, list[float]]], titles: dict,
   """Per-layer ``|update| / |w|`` per step, one panel per optimizer (kernels)."""
   plt = _plt()
   fig, axes = plt.subplots(
-    1, len(per_opt), figsize=(4.2 * len(per_opt), 3.6), dpi=90, sharey=True, squeeze=False
+    1, len(per_opt), figsize=(4.2 * len(per_opt), 3.6), sharey=True, squeeze=False
   )
   for ax, (n, ratios) in zip(axes[0], per_opt.items()):
     for name, values in sorted(ratios.items()):
@@ -744,7 +744,7 @@ def plot_update_ratios(per_opt: dict[str, dict[str, list[float]]], titles: dict,
   axes[0][0].legend(fontsize=7)
   fig.tight_layout()
   if path:
-    fig.savefig(path)
+    fig.savefig(path, dpi=90)
   return fig
 
 

@@ -8,7 +8,8 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
-pytest.importorskip("sklearn")
+pytest.importorskip("mnist1d")
+pytest.importorskip("flax")
 pytest.importorskip("matplotlib")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,9 +28,18 @@ def _stdout(nb) -> str:
 
 
 def _lars_accuracies(text: str) -> dict[int, float]:
-  """LARS test accuracy (%) per batch size from the printed Markdown table."""
-  rows = re.findall(r"^\| (\d+) \| \d+ \| [\d.]+ \| ([\d.]+) ± [\d.]+ \|", text, re.M)
+  """LARS test accuracy (%) per batch size from the printed Markdown table
+  (``| batch | steps | LARS lr | LARS test acc (%) | ...``; an lr may read ``8 (edge)``)."""
+  rows = re.findall(
+    r"^\| (\d+) \| \d+ \| [\d.e+-]+(?: \(edge\))? \| ([\d.]+) ± [\d.]+ \|", text, re.M
+  )
   return {int(b): float(acc) for b, acc in rows}
+
+
+def _check_accuracies(accs: dict[int, float]) -> None:
+  assert set(accs) == {256, 1024}, accs
+  assert accs[256] > 70, accs  # chance is 10 %
+  assert accs[1024] > 35, accs  # 42 steps in all
 
 
 def test_committed_notebook_is_executed_in_order_and_small():
@@ -43,22 +53,18 @@ def test_committed_notebook_is_executed_in_order_and_small():
       assert o.output_type != "error", c.source[:80]
       assert "Traceback" not in o.get("text", ""), c.source[:80]
   assert sum(1 for c in code for o in c.outputs if "image/png" in o.get("data", {})) >= 2
-  accs = _lars_accuracies(_stdout(nb))
-  assert accs and all(a > 70 for a in accs.values()), accs
+  _check_accuracies(_lars_accuracies(_stdout(nb)))
 
 
 def test_notebook_executes_clean(tmp_path):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(
     nb,
-    timeout=180,
+    timeout=600,  # the experiment cell: about a minute on 2 quiet cores
     kernel_name="python3",
     resources={"metadata": {"path": str(ROOT)}},
   )
   client.execute()  # raises CellExecutionError on any failing cell
   text = _stdout(nb)
-  accs = _lars_accuracies(text)
-  assert set(accs) == {128, 1437}, text[-2000:]
-  for b, acc in accs.items():
-    assert acc > 70, (b, acc)  # chance is 10 %
-  assert "trust_ratio" in text  # the diagnostics table header
+  _check_accuracies(_lars_accuracies(text))
+  assert "trust_ratio" in text  # the layer_stats table header
