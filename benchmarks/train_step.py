@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.train_step              # batch 8, 128x128 images, 7 repeats
+    python -m benchmarks.train_step              # batch 4, 112x112 images, 15 repeats
     python -m benchmarks.train_step --quick      # batch 2, 64x64, 3 repeats
 
 Times one whole jitted train step (forward, backward, optimizer update, apply; params,
@@ -178,9 +178,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   ap.add_argument("--quick", action="store_true", help="batch 2, 64x64 images, 3 repeats")
-  ap.add_argument("--batch-size", type=int, default=8)
-  ap.add_argument("--image-size", type=int, default=128)
-  ap.add_argument("--repeats", type=int, default=7)
+  ap.add_argument("--batch-size", type=int, default=4)
+  ap.add_argument("--image-size", type=int, default=112)
+  ap.add_argument("--repeats", type=int, default=15)
   ap.add_argument("--json", default=None, help="also write the results here")
   args = ap.parse_args(argv)
   if args.quick:
