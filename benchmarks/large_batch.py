@@ -853,9 +853,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   grids = format_grids(summary, names, labels)
   print("\n" + table + "\n\n" + grids, flush=True)
   footer = (
-    f"Test accuracy: mean ± std over {s.seeds} seeds at the peak learning rate chosen on "
-    f"the validation split; {s.epochs} epochs ({s.warmup_epochs} warm-up) at every batch "
-    f"size. Training took {t_train:.0f} s on {os.cpu_count()} cores (data: {t_data:.1f} s)."
+    f"Test accuracy: mean ± std over {s.seeds} seed{'s' * (s.seeds > 1)} at the peak learning "
+    f"rate chosen on the validation split; {s.epochs} epochs ({s.warmup_epochs} warm-up) at "
+    f"every batch size. Training took {t_train:.0f} s on {os.cpu_count()} cores "
+    f"(data: {t_data:.1f} s)."
   )
   (out / "results.md").write_text(table + "\n\n" + footer + "\n\n" + grids + "\n")
 
