@@ -64,7 +64,8 @@ def layer_stats(opt_state: Any) -> dict[str, float]:
     opt_state: any optimizer state; one built without ``keep_stats`` gives ``{}``.
 
   Returns:
-    A dict of Python floats, keys sorted.
+    A dict of Python floats, keys sorted (NumPy arrays with the stacked axes for a
+    state stacked by `jax.vmap`, e.g. several models trained at once).
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
@@ -96,4 +97,10 @@ def layer_stats(opt_state: Any) -> dict[str, float]:
           key = f"{stat}/{masks_lib.path_str(state_path)}/{path}"
         out[key] = value
   values = jax.device_get(out)
-  return {k: float(np.asarray(values[k])) for k in sorted(values)}
+  return {k: _host(values[k]) for k in sorted(values)}
+
+
+def _host(value: Any) -> Any:
+  """A Python float for a scalar; a NumPy array for a state stacked by `jax.vmap`."""
+  value = np.asarray(value)
+  return float(value) if value.ndim == 0 else value

@@ -225,3 +225,20 @@ def test_empty_tree():
   _, new = jax.jit(tx.update)({}, state, {})
   assert jax.tree.structure(new) == jax.tree.structure(state)
   assert lars_jax.layer_stats(new) == {}
+
+
+def test_state_stacked_by_vmap():
+  """Several models trained at once (vmap over learning rates): one array per key."""
+  params, grads = _params(), _grads(5)
+
+  def update(lr):
+    tx = optax.inject_hyperparams(lars_jax.lars)(learning_rate=lr, keep_stats=True)
+    return tx.update(grads, tx.init(params), params)[1]
+
+  stacked = jax.vmap(update)(jnp.array([0.1, 0.2, 0.4]))
+  stats = lars_jax.layer_stats(stacked)
+  single = lars_jax.layer_stats(update(0.2))
+  assert stats.keys() == single.keys()
+  for k, v in stats.items():
+    assert v.shape == (3,)
+    np.testing.assert_allclose(v[1], single[k], rtol=RTOL)
