@@ -52,13 +52,13 @@ def zeros_like(x: Any, dtype: Any = None) -> jax.Array:
   return jnp.zeros_like(x, dtype=dtype)
 
 
-def sq_norm(x: jax.Array) -> jax.Array:
-  """Sum of squared moduli of all elements of `x`, in float32 or wider."""
+def sq_norm(x: jax.Array, axis: int | None = None) -> jax.Array:
+  """Sum of squared moduli of the elements of `x` (along `axis`), in float32 or wider."""
   acc = wide_dtype(x.dtype)
   x = x.astype(acc)
   if jnp.issubdtype(acc, jnp.complexfloating):
-    return jnp.sum(jnp.square(x.real) + jnp.square(x.imag))
-  return jnp.sum(jnp.square(x))
+    return jnp.sum(jnp.square(x.real) + jnp.square(x.imag), axis=axis)
+  return jnp.sum(jnp.square(x), axis=axis)
 
 
 def safe_sqrt(sq: jax.Array) -> jax.Array:
@@ -131,14 +131,8 @@ def sq_norms(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
       pieces.append(sq_norm(x).astype(dtype)[None])
       order.append(i)
   for idx in groups:
-    stacked = jnp.stack([leaves[i].reshape(-1) for i in idx]).astype(
-      wide_dtype(leaves[idx[0]].dtype)
-    )
-    if jnp.issubdtype(stacked.dtype, jnp.complexfloating):
-      sq = jnp.sum(jnp.square(stacked.real) + jnp.square(stacked.imag), axis=1)
-    else:
-      sq = jnp.sum(jnp.square(stacked), axis=1)
-    pieces.append(sq.astype(dtype))
+    stacked = jnp.stack([leaves[i].reshape(-1) for i in idx])
+    pieces.append(sq_norm(stacked, axis=1).astype(dtype))
     order.extend(idx)
   return jnp.concatenate(pieces)[jnp.asarray(_inverse(order))]
 

@@ -70,12 +70,24 @@ def flat_update_args(
   return u_leaves, p_leaves, treedef, bits
 
 
-def init_checks(name: str, params: Any, mask: masks_lib.Mask, where: str, axis_name: Any) -> None:
-  """What a masked, params-reading transform checks in `init`."""
+def init_bits(mask: masks_lib.Mask, params: Any, where: str) -> list[bool]:
+  """The resolved mask in `init`; nothing to resolve on `optax.tree_map_params`'
+  leafless placeholder."""
+  if not jax.tree.leaves(params):
+    return []
+  return masks_lib.resolve(mask, params, arg="mask", where=where)
+
+
+def init_checks(
+  name: str, params: Any, mask: masks_lib.Mask, where: str, axis_name: Any
+) -> list[bool]:
+  """What a masked, params-reading transform checks in `init`; returns the resolved
+  mask (`init_bits`)."""
   _checks.check_float_leaves(name, params)
-  if jax.tree.leaves(params):  # not optax.tree_map_params' leafless placeholder
-    masks_lib.resolve(mask, params, arg="mask", where=where)
+  bits = init_bits(mask, params, where)
+  if bits:
     leaf_axes(axis_name, params)
+  return bits
 
 
 def _is_axis_leaf(x: Any) -> bool:

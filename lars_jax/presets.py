@@ -202,8 +202,7 @@ def scale_by_sum_norms_trust_ratio(
   counted = callable(weight_decay) or callable(clip_learning_rate)
 
   def init_fn(params):
-    _tree.init_checks(name, params, mask, where, axis_name)
-    bits = transforms.init_bits(mask, params, where)
+    bits = _tree.init_checks(name, params, mask, where, axis_name)
     return transforms.init_stats(keep_stats, counted, params, bits)
 
   def update_fn(updates, state, params=None, **extra_args):

@@ -91,14 +91,6 @@ def init_stats(
   return TrustRatioState(count=jnp.zeros([], jnp.int32), stats=stats)
 
 
-def init_bits(mask: masks_lib.Mask, params: Any, where: str) -> list[bool]:
-  """The resolved mask in `init`; nothing to resolve on `optax.tree_map_params`'
-  leafless placeholder."""
-  if not jax.tree.leaves(params):
-    return []
-  return masks_lib.resolve(mask, params, arg="mask", where=where)
-
-
 def next_state(
   state: Any, treedef: Any, idx: list[int], n: int, norms: tuple[jax.Array, ...]
 ) -> Any:
@@ -336,9 +328,8 @@ def _trust_ratio_transform(
   counted = callable(weight_decay)
 
   def init_fn(params):
-    _tree.init_checks(name, params, trust_ratio_mask, ratio_where, axis_name)
-    init_bits(weight_decay_mask, params, decay_where)  # a typo fails here, even with wd 0
-    bits = init_bits(trust_ratio_mask, params, ratio_where)
+    bits = _tree.init_checks(name, params, trust_ratio_mask, ratio_where, axis_name)
+    _tree.init_bits(weight_decay_mask, params, decay_where)  # a typo fails here, even at wd 0
     return init_stats(keep_stats, counted, params, bits)
 
   def update_fn(updates, state, params=None, **extra_args):
