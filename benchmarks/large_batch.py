@@ -639,11 +639,26 @@ def _plt():
   return plt
 
 
+def _new_axes(ax, figsize):
+  """(None, `ax`) to draw into the caller's axes, else a new figure and its axes."""
+  if ax is not None:
+    return None, ax
+  return _plt().subplots(figsize=figsize)
+
+
+def _finish(fig, ax, path, **legend_kw):
+  """Grid and legend; a figure of our own is laid out and saved to `path` (if given)."""
+  ax.grid(alpha=0.3)
+  ax.legend(**legend_kw)
+  if fig is not None:
+    fig.tight_layout()
+    if path:
+      fig.savefig(path, dpi=90)
+  return ax
+
+
 def plot_accuracy_vs_batch(summary, names, labels, path=None, ax=None):
-  plt = _plt()
-  fig = None
-  if ax is None:
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+  fig, ax = _new_axes(ax, (5.5, 3.6))
   for n in names:
     rows = sorted((r for r in summary if r["optimizer"] == n), key=lambda r: r["batch_size"])
     bs = [r["batch_size"] for r in rows]
@@ -659,20 +674,11 @@ def plot_accuracy_vs_batch(summary, names, labels, path=None, ax=None):
   ax.set_xlabel("batch size (same epochs: fewer steps)")
   ax.set_ylabel("test accuracy (%)")
   ax.set_title("MNIST-1D, each optimizer tuned per batch size", fontsize=10)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  if fig is not None:
-    fig.tight_layout()
-    if path:
-      fig.savefig(path, dpi=90)
-  return ax
+  return _finish(fig, ax, path)
 
 
 def plot_accuracy_vs_lr(summary, names, labels, batch_size, path=None, ax=None):
-  plt = _plt()
-  fig = None
-  if ax is None:
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+  fig, ax = _new_axes(ax, (5.5, 3.6))
   for n in names:
     r = next(r for r in summary if r["optimizer"] == n and r["batch_size"] == batch_size)
     (line,) = ax.plot(r["grid"], [100 * v for v in r["grid_val_acc"]], marker="o", label=labels[n])
@@ -682,13 +688,7 @@ def plot_accuracy_vs_lr(summary, names, labels, batch_size, path=None, ax=None):
   ax.set_xlabel("peak learning rate")
   ax.set_ylabel("validation accuracy (%)")
   ax.set_title(f"Batch {batch_size}: accuracy vs peak lr (star: chosen)", fontsize=10)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  if fig is not None:
-    fig.tight_layout()
-    if path:
-      fig.savefig(path, dpi=90)
-  return ax
+  return _finish(fig, ax, path)
 
 
 def _layer_label(path: str) -> str:
@@ -697,10 +697,7 @@ def _layer_label(path: str) -> str:
 
 def plot_trust_ratios(stats: dict[str, list[float]], title: str, path=None, ax=None):
   """Per-layer trust ratios (the ``trust_ratio/<path>`` entries of layer_stats) per step."""
-  plt = _plt()
-  fig = None
-  if ax is None:
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+  fig, ax = _new_axes(ax, (6.5, 3.8))
   for key, values in sorted(stats.items()):
     if not key.startswith("trust_ratio/"):
       continue
@@ -717,13 +714,7 @@ def plot_trust_ratios(stats: dict[str, list[float]], title: str, path=None, ax=N
   ax.set_xlabel("step")
   ax.set_ylabel("trust ratio η‖w‖ / ‖g + λw‖")
   ax.set_title(title, fontsize=10)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, ncol=2)
-  if fig is not None:
-    fig.tight_layout()
-    if path:
-      fig.savefig(path, dpi=90)
-  return ax
+  return _finish(fig, ax, path, fontsize=7, ncol=2)
 
 
 def plot_update_ratios(per_opt: dict[str, dict[str, list[float]]], titles: dict, path=None):
