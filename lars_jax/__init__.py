@@ -9,24 +9,19 @@ from typing import Any
 
 from lars_jax import masks, schedules
 from lars_jax._numerics import trust_ratio
+from lars_jax._stats import LayerStats, TrustRatioState
 from lars_jax.diagnostics import layer_stats
 from lars_jax.lars import lars, state_from_optax_lars
-from lars_jax.presets import (
-  keras_clip,
-  larc,
-  scale_by_sum_norms_trust_ratio,
-  tf_lars,
-  torch_lars,
-)
+from lars_jax.presets import byol_lars, flax_lars, keras_clip, tf_lars
+from lars_jax.torch_presets import larc, scale_by_sum_norms_trust_ratio, timm_lars, torch_lars
 from lars_jax.transforms import (
-  LayerStats,
   TorchTraceState,
   TraceState,
-  TrustRatioState,
   add_decayed_weights,
   scale_by_learning_rate,
   scale_by_trust_ratio,
   scale_by_trust_ratio_with_decay,
+  torch_trace,
   trace,
 )
 
@@ -56,6 +51,8 @@ __all__ = [
   "TraceState",
   "TrustRatioState",
   "add_decayed_weights",
+  "byol_lars",
+  "flax_lars",
   "keras_clip",
   "larc",
   "lars",
@@ -68,7 +65,9 @@ __all__ = [
   "scale_by_trust_ratio_with_decay",
   "state_from_optax_lars",
   "tf_lars",
+  "timm_lars",
   "torch_lars",
+  "torch_trace",
   "trace",
   "trust_ratio",
 ]

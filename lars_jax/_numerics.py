@@ -5,8 +5,24 @@ leaves), so bfloat16/float16 parameters never underflow an `eps` or overflow a s
 norm, and every result is cast back to the dtype of the update it scales.
 
 Guards: an exact zero norm never produces NaN or Inf (nor a NaN gradient through the
-update), but a NaN or Inf that comes in is never hidden. Each guard below is one
-reference implementation's rule, named after what it tests.
+update), but a NaN or Inf that comes in is never hidden. Every trust ratio and its
+guard is one function below, named after what it tests; who uses which:
+
+=============================  ========================================================
+`trust_ratio`                  optax, `lars`, `scale_by_trust_ratio(_with_decay)`:
+                               1 where a norm == 0; a NaN norm gives a NaN ratio.
+`trust_ratio_if_positive`      TF Model Garden (`tf_lars`), DeepMind BYOL (`byol_lars`):
+                               1 unless both norms > 0; a NaN norm falls back to 1.
+`sum_norms_ratio_if_nonzero`   Lightning Flash (`torch_lars`), Apex LARC (`larc`):
+                               applied only where both norms != 0 (and the decay != 0
+                               unless LARC); elsewhere the raw gradient, undecayed.
+`sum_norms_ratio_if_positive`  timm (`timm_lars`): 1 unless both norms > 0 (a NaN norm
+                               falls back to 1); the decay is added even then.
+`sum_norms_ratio_unless_zero`  flax.optim (`flax_lars`): 1 where a norm == 0, decay
+                               added even then; a NaN norm gives a NaN ratio.
+`clip_ratio`                   LARC's clip mode and timm's ``trust_clip``:
+                               min(r / lr, 1), 1 while lr == 0.
+=============================  ========================================================
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def wide_dtype(dtype: Any) -> jnp.dtype:
@@ -92,6 +109,42 @@ def trust_ratio_if_positive(
   return jnp.where(ok, trust_coefficient * param_norm / jnp.where(ok, update_norm, 1.0), 1.0)
 
 
+def _sum_norms_ratio(pn: jax.Array, gn: jax.Array, wd: Any, tc: Any, eps: Any, ok: jax.Array):
+  """eta |w| / (|g| + wd |w| + eps) where `ok`, else 1."""
+  return jnp.where(ok, tc * pn / jnp.where(ok, gn + wd * pn + eps, 1.0), 1.0)
+
+
+def sum_norms_ratio_if_nonzero(
+  pn: jax.Array, gn: jax.Array, wd: Any, tc: Any, eps: Any, *, need_decay: bool
+) -> tuple[jax.Array, jax.Array]:
+  """PyTorch's ``!= 0`` tests (Lightning Flash, Apex LARC): the ratio and where it
+  applies (both norms != 0, and ``wd != 0`` if `need_decay`). Where it does not apply
+  the caller passes the raw gradient through, undecayed. A NaN norm applies (NaN)."""
+  ok = (pn != 0) & (gn != 0)
+  if need_decay:
+    ok = ok & (wd != 0)
+  return _sum_norms_ratio(pn, gn, wd, tc, eps, ok), ok
+
+
+def sum_norms_ratio_if_positive(pn: jax.Array, gn: jax.Array, wd: Any, tc: Any, eps: Any):
+  """timm's nested ``> 0`` guard: 1 unless both norms are > 0, so a NaN norm gives 1
+  (only the NaN elements stay NaN); the decayed gradient is scaled either way."""
+  return _sum_norms_ratio(pn, gn, wd, tc, eps, (pn > 0) & (gn > 0))
+
+
+def sum_norms_ratio_unless_zero(pn: jax.Array, gn: jax.Array, wd: Any, tc: Any, eps: Any):
+  """flax.optim's guard (since Sep 2020): 1 where a norm is exactly 0; a NaN norm
+  gives a NaN ratio; the decayed gradient is scaled either way."""
+  return _sum_norms_ratio(pn, gn, wd, tc, eps, ~((pn == 0) | (gn == 0)))
+
+
+def clip_ratio(ratio: jax.Array, learning_rate: Any) -> jax.Array:
+  """min(ratio / lr, 1), so the per-layer rate lr * ratio never exceeds lr; 1 while
+  lr == 0 (a warm-up from 0); a NaN ratio stays NaN."""
+  zero = learning_rate == 0
+  return jnp.where(zero, 1.0, jnp.minimum(ratio / jnp.where(zero, 1.0, learning_rate), 1.0))
+
+
 # Leaves below this many elements get their squared norms batched: stacked by shape
 # and reduced together. Each small reduction is otherwise its own kernel (two on XLA
 # CPU, which squares and reduces small arrays separately), and per-kernel overhead,
@@ -144,6 +197,15 @@ def _inverse(order: Sequence[int]) -> list[int]:
   return inverse
 
 
+def _device_sets(leaves: Sequence[Any]) -> set[frozenset[Any]]:
+  """The device sets of the concrete (not traced) arrays among `leaves`."""
+  return {
+    frozenset(x.sharding.device_set)
+    for x in leaves
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+  }
+
+
 def norm_dtype(leaves: Sequence[Any]) -> jnp.dtype:
   """The dtype of the norms of `leaves`: float32, or float64 if any leaf is float64."""
   return jnp.result_type(jnp.float32, *[real_wide_dtype(x.dtype) for x in leaves])
@@ -170,6 +232,12 @@ def layer_norms(
   if n == 0:
     return [jnp.zeros((0,), jnp.float32) for _ in leaf_lists]
   dtype = norm_dtype([x for leaves in leaf_lists for x in leaves])
+  if len(_device_sets([x for leaves in leaf_lists for x in leaves])) > 1:
+    # Outside `jit`, leaves placed on different devices (optax works leaf by leaf
+    # there): each squared norm on its leaf's device, gathered on the host, and
+    # returned uncommitted, so that each ratio follows its leaf to its device.
+    sq = [np.stack([np.asarray(sq_norm(x).astype(dtype)) for x in leaves]) for leaves in leaf_lists]
+    return [safe_sqrt(jnp.asarray(v)) for v in sq]
   groups: dict[tuple[Hashable, ...], list[int]] = {}
   for i, a in enumerate(axes):
     groups.setdefault(a, []).append(i)

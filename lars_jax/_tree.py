@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from lars_jax import _checks
+from lars_jax import _checks, _numerics
 from lars_jax import masks as masks_lib
 
 AxisNames = Any  # None | str | tuple[str, ...] | PartitionSpec | pytree (prefix) of these
@@ -50,15 +50,20 @@ def check_shapes(
       )
 
 
+def resolve_mask(name: str, mask: masks_lib.Mask, params: Any, arg: str) -> list[bool]:
+  """`mask` (the factory argument `arg` of transform `name`) as one bool per leaf."""
+  return masks_lib.resolve(mask, params, arg=arg, owner=name)
+
+
 def flat_update_args(
-  name: str, updates: Any, params: Any, mask: masks_lib.Mask, where: str = ""
+  name: str, updates: Any, params: Any, mask: masks_lib.Mask, arg: str = "mask"
 ) -> tuple[list[Any], list[Any], Any, list[bool]]:
   """What a masked, params-reading transform checks first in `update`.
 
   Returns the update leaves, the param leaves aligned with them, the updates'
   treedef and the resolved mask (one bool per leaf); raises if `params` is missing,
   does not match `updates` (structure or shapes), holds non-float leaves, or `mask`
-  does not fit. `where` names, in mask errors, the factory argument the mask came from.
+  (the factory's argument `arg`) does not fit.
   """
   if params is None:
     raise _checks.no_params_error(name)
@@ -66,28 +71,46 @@ def flat_update_args(
   p_leaves = flatten_like(params, treedef, "params", name)
   check_shapes(name, updates, u_leaves, p_leaves, "parameter")
   _checks.check_float_leaves(name, params)
-  bits = masks_lib.resolve(mask, params, arg="mask", where=where)
-  return u_leaves, p_leaves, treedef, bits
+  return u_leaves, p_leaves, treedef, resolve_mask(name, mask, params, arg)
 
 
-def init_bits(mask: masks_lib.Mask, params: Any, where: str) -> list[bool]:
-  """The resolved mask in `init`; nothing to resolve on `optax.tree_map_params`'
-  leafless placeholder."""
+def init_bits(name: str, mask: masks_lib.Mask, params: Any, arg: str) -> list[bool]:
+  """The resolved mask in `init`, where a rule that selects no leaf of a whole tree
+  raises; nothing to resolve on `optax.tree_map_params`' leafless placeholder."""
   if not jax.tree.leaves(params):
     return []
-  return masks_lib.resolve(mask, params, arg="mask", where=where)
+  return masks_lib.resolve(mask, params, arg=arg, owner=name, nonempty=True)
 
 
-def init_checks(
-  name: str, params: Any, mask: masks_lib.Mask, where: str, axis_name: Any
-) -> list[bool]:
+def init_checks(name: str, params: Any, mask: masks_lib.Mask, arg: str, axis_name: Any) -> list[bool]:
   """What a masked, params-reading transform checks in `init`; returns the resolved
   mask (`init_bits`)."""
   _checks.check_float_leaves(name, params)
-  bits = init_bits(mask, params, where)
+  bits = init_bits(name, mask, params, arg)
   if bits:
     leaf_axes(axis_name, params)
   return bits
+
+
+def with_buffers(name: str, updates: Any, buffers: Any) -> list[tuple[jax.Array, jax.Array]]:
+  """(update, buffer) leaf pairs of a momentum transform, both in the wide dtype of
+  the two; raises if the buffers do not match the updates."""
+  x_leaves, treedef = jax.tree.flatten(updates)
+  t_leaves = flatten_like(buffers, treedef, "state.trace", name)
+  check_shapes(name, updates, x_leaves, t_leaves, "momentum buffer")
+  pairs = []
+  for x, t in zip(x_leaves, t_leaves):
+    acc = jnp.promote_types(_numerics.wide_dtype(x.dtype), _numerics.wide_dtype(t.dtype))
+    pairs.append((x.astype(acc), t.astype(acc)))
+  return pairs
+
+
+def unflatten_like(updates: Any, out: list[Any], new: list[Any], buffers: Any, make: Any):
+  """(`out` as the updates' tree and dtypes, `make`(`new` as the buffers' tree and dtypes))."""
+  x_leaves, treedef = jax.tree.flatten(updates)
+  t_leaves = treedef.flatten_up_to(buffers)
+  outs = treedef.unflatten([o.astype(x.dtype) for o, x in zip(out, x_leaves)])
+  return outs, make(treedef.unflatten([n.astype(t.dtype) for n, t in zip(new, t_leaves)]))
 
 
 def _is_axis_leaf(x: Any) -> bool:
@@ -152,6 +175,15 @@ def varying_axes(x: Any) -> frozenset[Hashable]:
   return frozenset(varying or ())
 
 
+def _vma_typed(axis: Hashable) -> bool:
+  """Whether JAX's types track variation over the bound mesh axis `axis` (`shard_map`
+  with ``check_vma``, JAX's default): its `axis_index` then varies over it."""
+  try:
+    return axis in varying_axes(jax.lax.axis_index(axis))
+  except Exception:  # not bound here (outside shard_map), or an older JAX
+    return False
+
+
 def checked_leaf_axes(
   name: str, axis_name: AxisNames, params: Any, idx: Sequence[int]
 ) -> list[tuple[Hashable, ...]]:
@@ -163,7 +195,18 @@ def checked_leaf_axes(
   """
   axes = leaf_axes(axis_name, params)
   p_leaves = jax.tree.leaves(params)
+  typed = {ax: _vma_typed(ax) for i in idx for ax in axes[i]}
   for i in idx:
+    extra = [ax for ax in axes[i] if typed[ax] and ax not in varying_axes(p_leaves[i])]
+    if extra:
+      path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(params)[0][i][0])
+      raise ValueError(
+        f"{name}: parameter {path!r} is replicated over the mesh axis {extra} under "
+        f"shard_map, but `axis_name` gives it {list(axes[i])}: its squared norm would be "
+        f"summed once per device over {extra}. Pass the params' PartitionSpec tree as "
+        "`axis_name` (e.g. the in_specs of the params), so that each leaf names only the "
+        "axes it is split over, and None for replicated leaves."
+      )
     missing = varying_axes(p_leaves[i]) - set(axes[i])
     if missing:
       path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(params)[0][i][0])

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from lars_jax import masks as masks_lib
-from lars_jax.transforms import LayerStats
+from lars_jax._stats import LayerStats
 
 __all__ = ["layer_stats"]
 
@@ -61,7 +61,8 @@ def layer_stats(opt_state: Any) -> dict[str, float]:
   ``jax.device_get``.
 
   Args:
-    opt_state: any optimizer state; one built without ``keep_stats`` gives ``{}``.
+    opt_state: an optimizer state built with ``keep_stats=True`` (one without
+      statistics raises ``ValueError``; one whose transform adapts no leaf gives ``{}``).
 
   Returns:
     A dict of Python floats, keys sorted (NumPy arrays with the stacked axes for a
@@ -81,10 +82,21 @@ def layer_stats(opt_state: Any) -> dict[str, float]:
     update_norm/conv/kernel 1.0
   """
   found = jax.tree_util.tree_flatten_with_path(_unwrap_nnx(opt_state), is_leaf=_is_stats)[0]
+  found = [(path, node) for path, node in found if _is_stats(node)]
+  if not found:
+    raise ValueError(
+      "layer_stats: this optimizer state holds no statistics (got "
+      f"{type(opt_state).__name__}). Build the optimizer with keep_stats=True (lars, "
+      "tf_lars, torch_lars, timm_lars, byol_lars, flax_lars, larc or the trust-ratio "
+      "transforms) and pass its state, e.g. `state.opt_state`."
+    )
+  if any(isinstance(x, jax.core.Tracer) for _, node in found for x in jax.tree.leaves(node)):
+    raise ValueError(
+      "layer_stats: called inside jit (or another transformation) on traced values. "
+      "Call it on the concrete state the jitted step returned, outside the step."
+    )
   out: dict[str, Any] = {}
   for state_path, node in found:
-    if not _is_stats(node):
-      continue
     if isinstance(node, Mapping):  # nnx.state(optimizer) turns NamedTuples into mappings
       node = LayerStats(**node)
     for stat, tree in zip(LayerStats._fields, node):

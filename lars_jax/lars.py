@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from lars_jax import _checks, transforms
+from lars_jax import _checks, _stats, transforms
 from lars_jax import masks as masks_lib
 from lars_jax._tree import AxisNames
+
+__all__ = ["lars", "state_from_optax_lars"]
 
 
 def lars(
@@ -101,6 +104,7 @@ def lars(
     <https://arxiv.org/abs/1708.03888>`_, 2017.
   """
   _checks.check_learning_rate(learning_rate)
+  _checks.check_not_schedule("momentum", momentum)
   _checks.check_momentum("momentum", momentum)
   return optax.chain(
     transforms.scale_by_trust_ratio_with_decay(
@@ -146,44 +150,107 @@ def state_from_optax_lars(optax_state: Any, init_state: Any) -> Any:
     True
   """
   name = "state_from_optax_lars"
-  if not (isinstance(optax_state, tuple) and len(optax_state) == 4):
+  if _is_ours(optax_state) and _is_optax(init_state):
     raise ValueError(
-      f"{name}: `optax_state` must be the 4-tuple state of optax.lars (decay, trust "
-      f"ratio, learning rate, trace), got {type(optax_state).__name__}."
+      f"{name}: the arguments look swapped: pass the optax.lars state first and "
+      "lars_jax.lars(...).init(params) second."
     )
-  if not (isinstance(init_state, tuple) and len(init_state) == 3):
+  theirs_injected, ours_injected = _is_injected(optax_state), _is_injected(init_state)
+  if ours_injected:
+    inner = state_from_optax_lars(
+      optax_state.inner_state if theirs_injected else optax_state, init_state.inner_state
+    )
+    if not theirs_injected:
+      return init_state._replace(inner_state=inner)
+    hyper = {
+      k: jnp.asarray(optax_state.hyperparams.get(k, v), jnp.asarray(v).dtype)
+      for k, v in init_state.hyperparams.items()
+    }
+    return init_state._replace(count=optax_state.count, hyperparams=hyper, inner_state=inner)
+  if theirs_injected:
+    optax_state = optax_state.inner_state
+  if not _is_optax(optax_state):
     raise ValueError(
-      f"{name}: `init_state` must be a lars_jax.lars(...).init(params) state, got "
-      f"{type(init_state).__name__}."
+      f"{name}: `optax_state` must be the state of optax.lars(...) (or of "
+      "optax.inject_hyperparams(optax.lars)(...)): a 4-tuple (weight decay, trust "
+      f"ratio, learning rate, TraceState). Got {_describe(optax_state)}."
+    )
+  if not _is_ours(init_state):
+    raise ValueError(
+      f"{name}: `init_state` must be lars_jax.lars(...).init(params) (or the state of "
+      "optax.inject_hyperparams(lars_jax.lars)): a 3-tuple (trust ratio, learning rate, "
+      f"TraceState). Got {_describe(init_state)}."
     )
   decay, _, lr, momentum = optax_state
   ours_ratio, ours_lr, ours_trace = init_state
 
-  def count_of(state: Any, what: str, required: bool = True) -> Any:
+  def count_of(state: Any) -> Any:
     while isinstance(state, optax.MaskedState):
       state = state.inner_state
-    count = state.count if "count" in getattr(state, "_fields", ()) else None
-    if count is None and required:
+    return state.count if "count" in getattr(state, "_fields", ()) else None
+
+  def same_schedules(what: str, theirs: Any, ours_counts: bool) -> None:
+    if theirs is None and ours_counts:
       raise ValueError(
-        f"{name}: lars_jax's state counts {what} steps (a schedule) but optax's "
-        f"does not ({type(state).__name__}): build both with the same {what}."
+        f"{name}: lars_jax's state counts {what} steps (a schedule) but optax's does "
+        f"not: build both with the same {what}."
       )
-    return count
 
   if isinstance(ours_ratio, optax.ScaleByScheduleState):
-    ours_ratio = ours_ratio._replace(count=count_of(decay, "weight-decay"))
-  elif isinstance(ours_ratio, transforms.TrustRatioState):  # keep_stats: a step count
-    count = count_of(decay, "weight-decay", required=False)
-    if count is None:
-      count = count_of(lr, "learning-rate", required=False)
+    same_schedules("weight-decay", count_of(decay), True)
+    ours_ratio = ours_ratio._replace(count=count_of(decay))
+  elif isinstance(ours_ratio, _stats.TrustRatioState):  # keep_stats: a step count
+    count = count_of(decay) if count_of(decay) is not None else count_of(lr)
     if count is not None:
       ours_ratio = ours_ratio._replace(count=count)
-  if isinstance(ours_lr, optax.ScaleByScheduleState):
-    ours_lr = ours_lr._replace(count=count_of(lr, "learning-rate"))
-  trace = getattr(momentum, "trace", None)
+  counted = isinstance(ours_lr, optax.ScaleByScheduleState)
+  same_schedules("learning-rate", count_of(lr), counted)
+  if counted:
+    ours_lr = ours_lr._replace(count=count_of(lr))
+  trace = momentum.trace
   if jax.tree.structure(trace) != jax.tree.structure(ours_trace.trace):
     raise ValueError(
       f"{name}: the momentum buffers differ in structure: optax "
       f"{jax.tree.structure(trace)}, lars_jax {jax.tree.structure(ours_trace.trace)}."
+      f"{_masked_note(trace, ours_trace.trace)} Build both from the same params (and "
+      "the same partition, if inside optax.multi_transform)."
     )
+  trace = jax.tree.map(lambda t, o: jnp.asarray(t, o.dtype), trace, ours_trace.trace)
   return (ours_ratio, ours_lr, ours_trace._replace(trace=trace))
+
+
+def _is_injected(state: Any) -> bool:
+  return hasattr(state, "hyperparams") and hasattr(state, "inner_state")
+
+
+def _is_optax(state: Any) -> bool:
+  return isinstance(state, tuple) and len(state) == 4 and isinstance(state[3], optax.TraceState)
+
+
+def _is_ours(state: Any) -> bool:
+  return (
+    isinstance(state, tuple)
+    and len(state) == 3
+    and isinstance(state[2], transforms.TraceState)
+    and isinstance(state[0], (optax.EmptyState, optax.ScaleByScheduleState, _stats.TrustRatioState))
+  )
+
+
+def _describe(state: Any) -> str:
+  if isinstance(state, tuple) and not hasattr(state, "_fields"):
+    parts = ", ".join(type(s).__name__ for s in state)
+    return f"a {len(state)}-tuple ({parts})"
+  return type(state).__name__
+
+
+def _masked_note(a: Any, b: Any) -> str:
+  def masked(tree: Any) -> list[str]:
+    leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode)
+    )[0]
+    return [masks_lib.path_str(p) for p, x in leaves if isinstance(x, optax.MaskedNode)]
+
+  ma, mb = masked(a), masked(b)
+  if ma == mb:
+    return ""
+  return f" optax.MaskedNode stands at {ma or 'no leaf'} in optax's, at {mb or 'no leaf'} in ours."

@@ -52,12 +52,11 @@ import numpy as np
 import optax
 
 Mask = Any  # bool | pytree of bools (or a prefix) | Callable[[params], pytree]
-MatchMode = Literal["search", "fullmatch"]
+MatchMode = Literal["search", "fullmatch", "component"]
 
 __all__ = [
   "path_str",
   "tree_paths",
-  "compile_patterns",
   "exclude_names",
   "only_names",
   "min_ndim",
@@ -192,11 +191,24 @@ def _masked_note(masked: list[str]) -> str:
   )
 
 
+def _matcher(match: MatchMode) -> Callable[[re.Pattern[str], str], bool]:
+  """How a pattern is tested against a '/'-joined path."""
+  if match == "component":  # the whole of one component, or of a run of them
+    def test(r: re.Pattern[str], path: str) -> bool:
+      c = path.split("/")
+      runs = ("/".join(c[i:j]) for i in range(len(c)) for j in range(i + 1, len(c) + 1))
+      return any(r.fullmatch(run) for run in runs)
+
+    return test
+  if match in ("search", "fullmatch"):
+    return lambda r, path: bool(getattr(r, match)(path))
+  raise ValueError(f"`match` must be 'search', 'fullmatch' or 'component', got {match!r}.")
+
+
 def _name_mask(
   patterns: Sequence[str], match: MatchMode, keep_matches: bool, what: str
 ) -> Callable[[Any], Any]:
-  if match not in ("search", "fullmatch"):
-    raise ValueError(f"`match` must be 'search' or 'fullmatch', got {match!r}.")
+  test = _matcher(match)
   compiled = compile_patterns(patterns, what)
 
   name = f"{what}({', '.join(repr(r.pattern) for r in compiled)})"
@@ -205,15 +217,15 @@ def _name_mask(
     _check_params(params, name)
     treedef = jax.tree.structure(params)
     names, masked, every = _paths(params)
-    hits = [[bool(getattr(r, match)(n)) for r in compiled] for n in names]
+    hits = [[test(r, n) for r in compiled] for n in names]
     # A pattern that matches only other partitions' leaves (MaskedNode) is not a typo.
     for j, r in enumerate(compiled):
-      if every and not any(h[j] for h in hits) and not any(getattr(r, match)(n) for n in masked):
+      if every and not any(h[j] for h in hits) and not any(test(r, n) for n in masked):
         examples = ", ".join(repr(n) for n in every[:6])
         more = f" (and {len(every) - 6} more)" if len(every) > 6 else ""
         raise ValueError(
           f"{what}: pattern {r.pattern!r} matches no parameter "
-          f"(re.{match} over '/'-joined paths). Parameter paths look like: "
+          f"(match={match!r} over '/'-joined paths). Parameter paths look like: "
           f"{examples}{more}.{_masked_note(masked)}"
         )
     values = [any(h) == keep_matches for h in hits]
@@ -228,8 +240,11 @@ def exclude_names(*patterns: str, match: MatchMode = "search") -> Callable[[Any]
 
   Args:
     *patterns: regular expressions over '/'-joined paths.
-    match: ``'search'`` (anywhere in the path, as TF Model Garden's
-      ``exclude_from_weight_decay``) or ``'fullmatch'`` (the whole path, as big_vision).
+    match: how a pattern is tested on a path such as ``encoder/block_1/b``:
+      ``'search'`` anywhere in it (TF Model Garden's ``exclude_from_weight_decay``;
+      ``'b'`` then also finds ``block_1``), ``'fullmatch'`` the whole path
+      (big_vision), ``'component'`` the whole of one ``/``-separated component or
+      of a run of them (``'b'`` finds only a component ``b``: a haiku bias).
 
   Returns:
     A callable ``params -> bool pytree``. It raises ``ValueError`` naming the pattern
@@ -243,7 +258,7 @@ def only_names(*patterns: str, match: MatchMode = "search") -> Callable[[Any], A
 
   Args:
     *patterns: regular expressions over '/'-joined paths.
-    match: ``'search'`` or ``'fullmatch'``, as in `exclude_names`.
+    match: ``'search'``, ``'fullmatch'`` or ``'component'``, as in `exclude_names`.
 
   Returns:
     A callable ``params -> bool pytree``; unmatched patterns raise ``ValueError``.
@@ -262,9 +277,7 @@ def min_ndim(n: int = 2) -> Callable[[Any], Any]:
 
   def mask_fn(params: Any) -> Any:
     _check_params(params, mask_fn.__name__)
-    return jax.tree.map(
-      lambda x: np.ndim(x) >= n if not hasattr(x, "ndim") else x.ndim >= n, params
-    )
+    return jax.tree.map(lambda x: np.ndim(x) >= n, params)
 
   mask_fn.__name__ = f"min_ndim({n})"
   return mask_fn
@@ -287,6 +300,21 @@ def _combine(masks: Sequence[Mask], op: Callable[[bool, bool], bool], name: str)
   return mask_fn
 
 
+def _check_selects(where: str, arg: str, mask: Any, tree: Any, bits: Sequence[bool]) -> None:
+  """A callable mask (a shape, name or combined rule) that selects no leaf of a whole
+  params tree is almost always a bug (every layer would silently be left out): raise,
+  as a name pattern that matches nothing does. Inside optax partitions (MaskedNode
+  present) an empty selection is legal, and `False` says "no leaf" on purpose."""
+  names, masked, _ = _paths(tree)
+  if names and not masked and not any(bits):
+    rule = getattr(mask, "__name__", type(mask).__name__)
+    shapes = ", ".join(f"{p!r} {np.shape(x)}" for p, x in zip(names[:6], jax.tree.leaves(tree)))
+    raise ValueError(
+      f"{where}`{arg}` ({rule}) selects no parameter of this tree ({shapes}): every leaf "
+      "would be left out. Check the rule, or pass False if you mean no leaf."
+    )
+
+
 def all_of(*masks: Mask) -> Callable[[Any], Any]:
   """Mask that is True where every given mask is True (e.g. name rule AND rank rule)."""
   return _combine(masks, lambda a, b: a and b, "all_of")
@@ -297,24 +325,32 @@ def any_of(*masks: Mask) -> Callable[[Any], Any]:
   return _combine(masks, lambda a, b: a or b, "any_of")
 
 
-def resolve(mask: Mask, tree: Any, *, arg: str = "mask", where: str = "") -> list[bool]:
+def resolve(
+  mask: Mask, tree: Any, *, arg: str = "mask", owner: str = "", nonempty: bool = False
+) -> list[bool]:
   """Resolves any accepted mask form against `tree`; one Python bool per leaf.
 
   Args:
     mask: None, a bool, a bool pytree (or prefix) or a callable returning one.
     tree: the params (or updates) the mask is for.
     arg: the argument name used in error messages.
-    where: appended to `arg` in error messages, e.g. the transformation and the
-      factory argument the mask came from.
+    owner: the transformation whose argument it is, named first in error messages.
+    nonempty: raise if a callable mask selects no leaf of a tree without
+      ``optax.MaskedNode`` (a whole params tree, not an optax partition).
 
   Returns:
     A list of Python bools aligned with ``jax.tree.leaves(tree)``.
   """
   leaves, treedef = jax.tree.flatten(tree)
+  where = f"{owner}: " if owner else ""
   if mask is None:
     return [True] * len(leaves)
   if callable(mask) and not isinstance(mask, (bool, np.bool_)):
-    mask = mask(tree)
+    rule, mask = mask, mask(tree)
+    if nonempty:
+      bits = resolve(mask, tree, arg=arg, owner=owner)
+      _check_selects(where, arg, rule, tree, bits)
+      return bits
   if isinstance(mask, (bool, np.bool_)):
     return [bool(mask)] * len(leaves)
   try:
@@ -325,7 +361,7 @@ def resolve(mask: Mask, tree: Any, *, arg: str = "mask", where: str = "") -> lis
     )
   except (ValueError, TypeError) as e:
     raise ValueError(
-      f"`{arg}`{where} does not match the parameter tree: a mask must have the params' "
+      f"{where}`{arg}` does not match the parameter tree: a mask must have the params' "
       f"structure, or be a prefix of it, with a Python bool at each leaf. "
       f"Mask structure: {jax.tree.structure(mask)}; params structure: {treedef}. "
       f"({e})"
@@ -334,11 +370,11 @@ def resolve(mask: Mask, tree: Any, *, arg: str = "mask", where: str = "") -> lis
   for b in bits:
     if isinstance(b, jax.core.Tracer) or not isinstance(b, (bool, np.bool_)):
       raise TypeError(
-        f"`{arg}`{where} must hold Python bools (static under jit), got {type(b).__name__} "
+        f"{where}`{arg}` must hold Python bools (static under jit), got {type(b).__name__} "
         f"{b!r}. Build masks from names, shapes and dtypes, not from values."
       )
   if len(bits) != len(leaves):
     raise ValueError(
-      f"`{arg}`{where} resolves to {len(bits)} leaves but the params have {len(leaves)}."
+      f"{where}`{arg}` resolves to {len(bits)} leaves but the params have {len(leaves)}."
     )
   return [bool(b) for b in bits]

@@ -1,21 +1,12 @@
-"""Framework presets: the LARS of TF Model Garden, Lightning Flash and NVIDIA Apex.
+"""Framework presets: the LARS of TF Model Garden (`tf_lars`, with Keras clipping
+`keras_clip`), DeepMind BYOL (`byol_lars`) and flax.optim (`flax_lars`).
 
 Each preset reproduces the update rule of one widely used implementation, so a recipe
-tuned there gives the same numbers here, zero guards included. Each is a thin
-`optax.chain` of composable transforms; where a framework's semantics differ from the
-core transforms, a transform below supplies the difference:
-
-* `keras_clip`: Keras' ``clipvalue`` / ``clipnorm`` / ``global_clipnorm``.
-* `scale_by_sum_norms_trust_ratio`: the PyTorch local learning rate
-  :math:`\\eta\\|w\\| / (\\|g\\| + \\lambda\\|w\\| + \\epsilon)` applied to :math:`g + \\lambda w`
-  (Lightning Flash; Apex LARC with ``adapt_without_decay`` and clip mode).
-
-PyTorch's SGD momentum is `lars_jax.trace` with a ``dampening``. TF's "popular"
-momentum needs no new transform: it is `trace` followed by `scale_by_trust_ratio`, so
-the ratio is taken on the momentum direction.
-
-Numeric hyperparameters may be traced (`optax.inject_hyperparams`): they are never
-branched on.
+tuned there gives the same numbers here, zero guards included, as a thin `optax.chain`
+of the composable transforms. The PyTorch family is in `lars_jax.torch_presets`. TF's
+"popular" momentum needs no new transform: it is `trace` followed by
+`scale_by_trust_ratio`, so the ratio is taken on the momentum direction. Numeric
+hyperparameters may be traced (`optax.inject_hyperparams`): they are never branched on.
 """
 
 from __future__ import annotations
@@ -29,6 +20,9 @@ import optax
 from lars_jax import _checks, _numerics, _tree, transforms
 from lars_jax import masks as masks_lib
 from lars_jax._tree import AxisNames
+from lars_jax.torch_presets import scale_by_sum_norms_trust_ratio
+
+__all__ = ["byol_lars", "flax_lars", "keras_clip", "tf_lars"]
 
 Patterns = Sequence[str] | None
 
@@ -115,122 +109,6 @@ def keras_clip(
         scale = jnp.where(big, global_clipnorm / jnp.where(big, total, 1.0), 1.0)
         leaves = [jnp.where(big, _numerics.scale(g, scale), g) for g in leaves]
     return treedef.unflatten(leaves), state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def scale_by_sum_norms_trust_ratio(
-  trust_coefficient: float | jax.Array = 0.001,
-  weight_decay: optax.ScalarOrSchedule = 0.0,
-  eps: float | jax.Array = 1e-8,
-  mask: masks_lib.Mask = None,
-  *,
-  adapt_without_decay: bool = False,
-  clip_learning_rate: optax.ScalarOrSchedule | None = None,
-  axis_name: AxisNames = None,
-  keep_stats: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  r"""The PyTorch LARS gradient rewrite: decay and scale by a sum-of-norms ratio.
-
-  For each leaf with parameter :math:`w` and raw gradient :math:`g`, at step :math:`c`:
-
-  .. math::
-
-    r &= \eta\,\|w\| / (\|g\| + \lambda\|w\| + \epsilon), \qquad
-    a = \begin{cases} \min(r / \gamma(c),\ 1) & \text{with clip\_learning\_rate } \gamma \\
-                      r & \text{otherwise} \end{cases} \\
-    d &= \begin{cases}
-      a\,(g + \lambda w) & \text{if } \|w\| \ne 0,\ \|g\| \ne 0
-        \text{ (and } \lambda \ne 0 \text{ unless adapt\_without\_decay)} \\
-      g & \text{otherwise (no decay, no adaptation)}
-    \end{cases}
-
-  Unlike `scale_by_trust_ratio`, the denominator is the *sum* of the norms, taken on
-  the raw gradient, and a leaf that is not adapted is not decayed either. The guards
-  are PyTorch's ``!= 0`` tests: a NaN or Inf norm makes the whole leaf NaN (or Inf).
-
-  * Lightning Flash: the defaults. A leaf with :math:`\lambda = 0` (or where `mask` is
-    False: a PyTorch parameter group with ``weight_decay=0``) is neither decayed nor
-    adapted; a Python ``weight_decay`` of 0 makes this the identity.
-  * NVIDIA Apex LARC: ``adapt_without_decay=True``, and in its clip mode
-    ``clip_learning_rate`` = the inner optimizer's learning rate (or the same
-    schedule), so the per-layer rate :math:`\gamma a` never exceeds :math:`\gamma`
-    (:math:`a = 1` while :math:`\gamma = 0`).
-
-  Args:
-    trust_coefficient: :math:`\eta \ge 0`.
-    weight_decay: :math:`\lambda \ge 0`, or a schedule (step :math:`c` from 0 reads
-      :math:`\lambda(c)`).
-    eps: :math:`\epsilon \ge 0`, added to the denominator.
-    mask: which leaves to decay and adapt (see `lars_jax.masks`); None: all.
-    adapt_without_decay: adapt leaves with :math:`\lambda = 0` too (LARC).
-    clip_learning_rate: :math:`\gamma` for LARC's clip mode (None: scale mode).
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
-    keep_stats: keep :math:`\|w\|`, :math:`\|g\|` and the applied factor :math:`a` per
-      adapted leaf in the state (`lars_jax.layer_stats`).
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
-
-  Examples:
-    >>> import jax.numpy as jnp, lars_jax
-    >>> w, g = jnp.array([3.0, 4.0]), jnp.array([0.6, 0.8])  # |w| = 5, |g| = 1
-    >>> tx = lars_jax.scale_by_sum_norms_trust_ratio(0.001, weight_decay=0.1, eps=0.0)
-    >>> d, _ = tx.update(g, tx.init(w), w)  # 0.001 * 5 / (1 + 0.1 * 5) * (g + 0.1 w)
-    >>> d
-    Array([0.003, 0.004], dtype=float32)
-    >>> larc = lars_jax.scale_by_sum_norms_trust_ratio(
-    ...     0.02, eps=0.0, adapt_without_decay=True, clip_learning_rate=0.5)
-    >>> d, _ = larc.update(g, larc.init(w), w)  # r = 0.1, a = min(0.1 / 0.5, 1) = 0.2
-    >>> d
-    Array([0.12, 0.16], dtype=float32)
-  """
-  name = "scale_by_sum_norms_trust_ratio"
-  where = f" of {name} (`weight_decay_mask` in torch_lars)"
-  _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable it.")
-  for arg, value in [("trust_coefficient", trust_coefficient), ("eps", eps)]:
-    _checks.check_not_schedule(arg, value)
-    _checks.check_scalar(arg, value)
-  _checks.check_bool("adapt_without_decay", adapt_without_decay)
-  _checks.check_bool("keep_stats", keep_stats)
-  if clip_learning_rate is not None:
-    _checks.check_scalar(
-      "learning_rate", clip_learning_rate, fix="Pass the inner optimizer's learning rate."
-    )
-  identity = not adapt_without_decay and _checks.is_zero_number(weight_decay)
-  counted = callable(weight_decay) or callable(clip_learning_rate)
-
-  def init_fn(params):
-    bits = _tree.init_checks(name, params, mask, where, axis_name)
-    return transforms.init_stats(keep_stats, counted, params, bits)
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del extra_args
-    if identity:
-      return updates, state
-    g_leaves, p_leaves, treedef, bits = _tree.flat_update_args(name, updates, params, mask, where)
-    idx = [i for i, b in enumerate(bits) if b]
-    if not idx:
-      return updates, transforms.next_state(state, treedef, idx, len(g_leaves), ())
-    wd = _tree.at_count(weight_decay, state)
-    axes = _tree.checked_leaf_axes(name, axis_name, params, idx)
-    pn, gn = _numerics.layer_norms([[p_leaves[i] for i in idx], [g_leaves[i] for i in idx]], axes)
-    ok = (pn != 0) & (gn != 0)
-    if not adapt_without_decay:
-      ok = ok & (wd != 0)
-    denom = jnp.where(ok, gn + wd * pn + eps, 1.0)
-    ratio = jnp.where(ok, trust_coefficient * pn / denom, 1.0)
-    if clip_learning_rate is not None:  # min(ratio / lr, 1), NaN kept; 1 while lr == 0
-      lr = _tree.at_count(clip_learning_rate, state)
-      ratio = jnp.where(lr == 0, 1.0, jnp.minimum(ratio / jnp.where(lr == 0, 1.0, lr), 1.0))
-    out = list(g_leaves)
-    for k, i in enumerate(idx):
-      g = g_leaves[i]
-      d = _numerics.decayed_wide(g, p_leaves[i], wd) * ratio[k]
-      out[i] = jnp.where(ok[k], d, g.astype(d.dtype)).astype(g.dtype)
-    state = transforms.next_state(state, treedef, idx, len(out), (pn, gn, ratio))
-    return treedef.unflatten(out), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -379,47 +257,41 @@ def tf_lars(
   return optax.chain(clip, decay, momentum_tx, ratio, lr)
 
 
-def torch_lars(
+def byol_lars(
   learning_rate: optax.ScalarOrSchedule,
-  momentum: float | jax.Array = 0.0,
-  dampening: float | jax.Array = 0.0,
   weight_decay: optax.ScalarOrSchedule = 0.0,
-  nesterov: bool = False,
-  trust_coefficient: float | jax.Array = 0.001,
-  eps: float | jax.Array = 1e-8,
-  weight_decay_mask: masks_lib.Mask = True,
+  momentum: float | jax.Array = 0.9,
+  eta: float | jax.Array = 1e-3,
   *,
+  weight_decay_mask: masks_lib.Mask = True,
+  trust_ratio_mask: masks_lib.Mask = True,
   axis_name: AxisNames = None,
   keep_stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""The PyTorch LARS of Lightning Flash (SimCLR/BYOL lineage), same defaults.
-
-  Per leaf :math:`w` with raw gradient :math:`g`:
+  r"""DeepMind BYOL's LARS (``byol/utils/optimizers.py``), same defaults.
 
   .. math::
 
-    d &= \frac{\eta\|w\|}{\|g\| + \lambda\|w\| + \epsilon}\,(g + \lambda w)
-      \quad\text{if } \lambda \ne 0,\ \|w\| > 0,\ \|g\| > 0\text{, else } g \\
-    b &= d \ \text{(first step)}, \quad b \leftarrow \mu b + (1 - \tau) d \ \text{(later)},
-      \qquad d \leftarrow d + \mu b \text{ (Nesterov) or } b \\
-    w &\leftarrow w - \gamma(c)\, d
+    u = g + \lambda w \ \text{(where weight\_decay\_mask)}, \qquad
+    r = \eta\|w\| / \|u\| \ \text{(1 unless both norms} > 0\text{)}, \qquad
+    m \leftarrow \mu m + r u, \qquad w \leftarrow w - \gamma(c)\, m
 
-  The chain ``scale_by_sum_norms_trust_ratio, trace(dampening=...),
-  scale_by_learning_rate``:
-  the learning rate is applied *after* the momentum. Leaves where `weight_decay_mask`
-  is False behave as a parameter group with ``weight_decay=0``: neither decayed nor
-  adapted (plain momentum SGD). With the defaults (:math:`\lambda = 0`, :math:`\mu = 0`)
-  this is plain SGD, as in Flash. A Python ``momentum=0`` keeps no buffer.
+  The buffer accumulates the ratio-scaled update *without* the learning rate, which
+  multiplies the buffer afterwards (BYOL rebuilds its optimizer with the current rate
+  every step; here the schedule is read at the step count). The chain
+  ``scale_by_trust_ratio_with_decay(positive_norms_only=True), trace,
+  scale_by_learning_rate``. BYOL's ``weight_decay_filter`` and
+  ``lars_adaptation_filter`` are the two masks (True = decay / adapt); its
+  ``exclude_bias_and_norm`` filter on haiku params is
+  ``masks.exclude_names('b', '.*norm.*/[^/]+', match='component')`` (README, Migrating).
 
   Args:
-    learning_rate: :math:`\gamma \ge 0`, or a schedule (read at 0 on the first step).
-    momentum: :math:`\mu \in [0, 1)`.
-    dampening: :math:`\tau \in [0, 1]`.
+    learning_rate: :math:`\gamma \ge 0`, or a schedule (BYOL: warm-up + cosine).
     weight_decay: :math:`\lambda \ge 0`, or a schedule.
-    nesterov: Nesterov momentum (needs :math:`\mu > 0`, :math:`\tau = 0`).
-    trust_coefficient: :math:`\eta \ge 0`.
-    eps: :math:`\epsilon \ge 0`, added to the denominator.
-    weight_decay_mask: which leaves are in the decayed group (see `lars_jax.masks`).
+    momentum: :math:`\mu \in [0, 1)`.
+    eta: the trust coefficient :math:`\eta \ge 0`.
+    weight_decay_mask: which leaves to decay (BYOL's ``weight_decay_filter``).
+    trust_ratio_mask: which leaves to adapt (BYOL's ``lars_adaptation_filter``).
     axis_name: mesh axes each leaf is split over under `shard_map` (see
       `scale_by_trust_ratio`).
     keep_stats: keep per-leaf norms and ratios in the state (`lars_jax.layer_stats`).
@@ -428,105 +300,105 @@ def torch_lars(
     An `optax.GradientTransformationExtraArgs`.
 
   Examples:
-    The ratio divides by :math:`\|g\| + \lambda\|w\|`, not :math:`\|g + \lambda w\|`
-    as in `lars_jax.lars`, and the learning rate comes after the momentum. With
-    :math:`w = (3, 4)`, :math:`g = (0.4, -0.3)` (orthogonal to :math:`w`), :math:`\lambda = 0.1`:
+    Under a warm-up the rate multiplies the whole buffer: step 2 applies 0.2 to
+    both gradients, where `lars` applies 0.1 to the first and 0.2 to the second.
 
-    >>> import jax.numpy as jnp, lars_jax
-    >>> w, g = jnp.array([3.0, 4.0]), jnp.array([0.4, -0.3])
-    >>> for tx in (lars_jax.torch_lars(1.0, weight_decay=0.1, eps=0.0),
-    ...            lars_jax.lars(1.0, weight_decay=0.1)):
-    ...   u, _ = tx.update(g, tx.init(w), w)
-    ...   print(u)  # torch_lars: 0.005 / 1.0 * (0.7, 0.1); lars: 0.005 / 0.7071 * (0.7, 0.1)
-    [-0.0035 -0.0005]
-    [-0.00495 -0.00071]
-
-  References:
-    You, Gitman & Ginsburg, `Large Batch Training of Convolutional Networks
-    <https://arxiv.org/abs/1708.03888>`_, 2017.
+    >>> import jax.numpy as jnp, optax, lars_jax
+    >>> w, g = jnp.array([3.0, 4.0]), jnp.array([0.6, 0.8])  # r = 0.005
+    >>> warmup = optax.linear_schedule(0.1, 0.2, 1)
+    >>> for tx in (lars_jax.byol_lars(warmup), lars_jax.lars(warmup)):
+    ...   state = tx.init(w)
+    ...   for _ in range(2):
+    ...     u, state = tx.update(g, state, w)
+    ...   print(u)  # 0.2 * 0.005 * 1.9 * g;  (0.2 + 0.9 * 0.1) * 0.005 * g
+    [-0.00114 -0.00152]
+    [-0.00087 -0.00116]
   """
   _checks.check_learning_rate(learning_rate)
+  _checks.check_not_schedule("momentum", momentum)
   _checks.check_momentum("momentum", momentum)
+  _checks.check_not_schedule("eta", eta)
   return optax.chain(
-    scale_by_sum_norms_trust_ratio(
-      trust_coefficient,
+    transforms.scale_by_trust_ratio_with_decay(
       weight_decay,
-      eps,
-      mask=weight_decay_mask,
+      eta,
+      0.0,
+      weight_decay_mask=weight_decay_mask,
+      trust_ratio_mask=trust_ratio_mask,
       axis_name=axis_name,
       keep_stats=keep_stats,
+      positive_norms_only=True,
     ),
-    transforms.trace(momentum, nesterov=nesterov, dampening=dampening),
+    transforms.trace(momentum),
     transforms.scale_by_learning_rate(learning_rate),
   )
 
 
-def larc(
-  inner: optax.GradientTransformation,
+def flax_lars(
   learning_rate: optax.ScalarOrSchedule,
-  *,
+  beta: float | jax.Array = 0.9,
   weight_decay: optax.ScalarOrSchedule = 0.0,
-  trust_coefficient: float | jax.Array = 0.02,
-  clip: bool = True,
-  eps: float | jax.Array = 1e-8,
+  trust_coefficient: float | jax.Array = 0.001,
+  eps: float | jax.Array = 0.0,
+  *,
+  nesterov: bool = False,
   axis_name: AxisNames = None,
   keep_stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""NVIDIA Apex's LARC around any optax optimizer.
+  r"""flax.optim's ``LARS`` (the optimizer of the MLPerf v0.7 JAX ResNet-50), same defaults.
 
-  ``chain(scale_by_sum_norms_trust_ratio(..., adapt_without_decay=True,
-  clip_learning_rate=learning_rate if clip else None), inner)``: each gradient is
-  rewritten (sum-of-norms ratio, clip mode
-  :math:`\min(r/\gamma, 1)` or scale mode :math:`r`, decay added only where both norms
-  are non-zero), then `inner` runs. Pass the inner optimizer's learning rate (or the
-  same schedule: both count steps from 0) as `learning_rate`, and give `inner` no
-  weight decay of its own. ``larc(optax.sgd(lr, momentum=m), learning_rate=lr,
-  weight_decay=wd, clip=False)`` equals ``torch_lars(lr, momentum=m,
-  weight_decay=wd, trust_coefficient=0.02)`` (Apex over ``torch.optim.SGD``).
+  .. math::
+
+    r = \eta\|w\| / (\|g\| + \lambda\|w\| + \epsilon) \ \text{(1 where a norm is 0)},
+    \qquad v \leftarrow \beta v + \gamma(c)\, r\,(g + \lambda w), \qquad w \leftarrow w - v
+
+  (Nesterov: :math:`w \leftarrow w - (\gamma(c) r (g + \lambda w) + \beta v)`). The
+  sum of the norms, on the raw gradient; every leaf is adapted, and a zero gradient
+  still takes the decay step :math:`\gamma\lambda w` at ratio 1. The learning rate
+  sits inside the buffer. The chain ``scale_by_sum_norms_trust_ratio(guard='flax',
+  adapt_without_decay=True), scale_by_learning_rate, trace``. The zero guard is
+  flax's since September 2020 (the version optax was tested against); flax.optim's
+  ``MultiOptimizer`` is `optax.partition` (README, Migrating: MLPerf).
 
   Args:
-    inner: the optimizer to wrap, e.g. ``optax.sgd(lr, momentum=0.9)``.
-    learning_rate: :math:`\gamma`, the inner optimizer's learning rate or schedule.
+    learning_rate: :math:`\gamma \ge 0`, or a schedule.
+    beta: the momentum :math:`\beta \in [0, 1)`.
     weight_decay: :math:`\lambda \ge 0`, or a schedule.
-    trust_coefficient: :math:`\eta \ge 0` (Apex's default 0.02).
-    clip: clip mode (Apex's default) if True, scale mode if False.
+    trust_coefficient: :math:`\eta \ge 0`.
     eps: :math:`\epsilon \ge 0`.
+    nesterov: Nesterov momentum.
     axis_name: mesh axes each leaf is split over under `shard_map` (see
       `scale_by_trust_ratio`).
-    keep_stats: keep per-leaf norms and the applied factor in the state
-      (`lars_jax.layer_stats`).
+    keep_stats: keep per-leaf norms and ratios in the state (`lars_jax.layer_stats`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
 
   Examples:
-    Clip mode caps each layer's rate at the global one: a layer whose ratio is above
-    the learning rate takes plain SGD steps, one below it is slowed down.
+    A zero gradient with weight decay: `flax_lars` still decays the leaf (ratio 1);
+    `torch_lars` (Lightning Flash) passes the zero through.
 
-    >>> import jax.numpy as jnp, optax, lars_jax
-    >>> params = {'big': jnp.array([30.0, 40.0]), 'small': jnp.array([0.3, 0.4])}
-    >>> g = {'big': jnp.array([0.6, 0.8]), 'small': jnp.array([0.6, 0.8])}  # |g| = 1
-    >>> tx = lars_jax.larc(optax.sgd(0.1), learning_rate=0.1, eps=0.0)
-    >>> u, _ = tx.update(g, tx.init(params), params)  # r = 1.0 and 0.01
-    >>> print(u['big'], u['small'])  # rates min(r, 0.1): 0.1 and 0.01
-    [-0.06 -0.08] [-0.006 -0.008]
+    >>> import jax.numpy as jnp, lars_jax
+    >>> w, g = jnp.array([3.0, 4.0]), jnp.zeros(2)
+    >>> for tx in (lars_jax.flax_lars(0.5, weight_decay=0.1),
+    ...            lars_jax.torch_lars(0.5, weight_decay=0.1)):
+    ...   print(tx.update(g, tx.init(w), w)[0])  # -0.5 * 0.1 * w; 0
+    [-0.15 -0.2 ]
+    [-0. -0.]
   """
-  if not isinstance(inner, optax.GradientTransformation):
-    raise TypeError(
-      "`inner` must be an optax GradientTransformation (e.g. optax.sgd(lr, "
-      f"momentum=0.9)), got {type(inner).__name__}."
-    )
   _checks.check_learning_rate(learning_rate)
-  _checks.check_bool("clip", clip)
+  _checks.check_not_schedule("beta", beta)
+  _checks.check_momentum("beta", beta)
   return optax.chain(
     scale_by_sum_norms_trust_ratio(
       trust_coefficient,
       weight_decay,
       eps,
       adapt_without_decay=True,
-      clip_learning_rate=learning_rate if clip else None,
+      guard="flax",
       axis_name=axis_name,
       keep_stats=keep_stats,
     ),
-    inner,
+    transforms.scale_by_learning_rate(learning_rate),
+    transforms.trace(beta, nesterov=nesterov),
   )

@@ -18,10 +18,14 @@ import optax
 __all__ = ["warmup_polynomial_decay", "warmup_piecewise_constant"]
 
 
-def _check_steps(name: str, value: int, *, positive: bool = False) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0):
-    kind = "positive" if positive else "non-negative"
-    raise ValueError(f"`{name}` must be a {kind} int (a number of steps), got {value!r}.")
+def _check_steps(
+  name: str, value: float, *, positive: bool = False, fractional: bool = False
+) -> None:
+  kinds = (int, float) if fractional else int
+  ok = not isinstance(value, bool) and isinstance(value, kinds) and math.isfinite(value)
+  if not ok or value < (1 if positive else 0):
+    kind = ("positive" if positive else "non-negative") + (" number" if fractional else " int")
+    raise ValueError(f"`{name}` must be a {kind} (a number of steps), got {value!r}.")
 
 
 def _check_value(name: str, value: float) -> None:
@@ -43,8 +47,8 @@ def _warmup_then(
 
 def warmup_polynomial_decay(
   peak_value: float,
-  warmup_steps: int,
-  total_steps: int,
+  warmup_steps: float,
+  total_steps: float,
   end_value: float = 1e-4,
   power: float = 2.0,
 ) -> optax.Schedule:
@@ -68,8 +72,9 @@ def warmup_polynomial_decay(
 
   Args:
     peak_value: :math:`\gamma_0 \ge 0`.
-    warmup_steps: :math:`W \ge 0`.
-    total_steps: :math:`T > W`, the number of training steps.
+    warmup_steps: :math:`W \ge 0`; may be fractional, as MLPerf's arithmetic gives
+      (18 epochs of 39.25 steps: 706.5).
+    total_steps: :math:`T > W`, the number of training steps (may be fractional).
     end_value: :math:`\gamma_e \ge 0` (MLPerf ResNet-50: 1e-4).
     power: :math:`p > 0` (MLPerf: 2).
 
@@ -84,8 +89,8 @@ def warmup_polynomial_decay(
   """
   _check_value("peak_value", peak_value)
   _check_value("end_value", end_value)
-  _check_steps("warmup_steps", warmup_steps)
-  _check_steps("total_steps", total_steps, positive=True)
+  _check_steps("warmup_steps", warmup_steps, fractional=True)
+  _check_steps("total_steps", total_steps, positive=True, fractional=True)
   if total_steps <= warmup_steps:
     raise ValueError(f"`total_steps` ({total_steps}) must exceed `warmup_steps` ({warmup_steps}).")
   if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:

@@ -30,9 +30,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lars_jax import _checks, _numerics, _tree
+from lars_jax import _checks, _numerics, _stats, _tree
 from lars_jax import masks as masks_lib
 from lars_jax._tree import AxisNames
+
+__all__ = [
+  "TorchTraceState",
+  "TraceState",
+  "add_decayed_weights",
+  "scale_by_learning_rate",
+  "scale_by_trust_ratio",
+  "scale_by_trust_ratio_with_decay",
+  "torch_trace",
+  "trace",
+]
 
 
 class TraceState(NamedTuple):
@@ -46,68 +57,6 @@ class TorchTraceState(NamedTuple):
 
   count: jax.Array
   trace: optax.Params
-
-
-class LayerStats(NamedTuple):
-  """What a trust-ratio transform applied at its last step, per adapted leaf.
-
-  Each field has the parameters' tree structure, with a float scalar for every leaf
-  the transform adapts and None elsewhere. Read them with `lars_jax.layer_stats`.
-  """
-
-  param_norm: optax.Params
-  update_norm: optax.Params
-  trust_ratio: optax.Params
-
-
-class TrustRatioState(NamedTuple):
-  """Step count and the `LayerStats` of the last step (``keep_stats=True``)."""
-
-  count: jax.Array
-  stats: LayerStats
-
-
-# ----------------------------------------------------------------------------
-# Shared by the trust-ratio transforms here and in presets.py.
-
-
-def init_stats(
-  keep_stats: bool, counted: bool, params: Any, bits: list[bool]
-) -> TrustRatioState | optax.ScaleByScheduleState | optax.EmptyState:
-  """The initial state of a trust-ratio transform: a count if `counted`, and with
-  `keep_stats` zero statistics for the leaves where `bits` is True."""
-  if not keep_stats:
-    return _tree.count_state(counted)
-  leaves, treedef = jax.tree.flatten(params)
-  if not leaves:
-    # No leaves, no statistics. An empty vector, not the (leafless) params structure:
-    # `optax.tree_map_params` initialises on a leafless placeholder, and would take
-    # params-shaped stats for params (and give the scalars the params' shardings).
-    empty = [jnp.zeros((0,), jnp.float32) for _ in range(3)]
-    return TrustRatioState(count=jnp.zeros([], jnp.int32), stats=LayerStats(*empty))
-  dtype = _numerics.norm_dtype([x for x, b in zip(leaves, bits) if b])
-  zero = [jnp.zeros([], dtype) if b else None for b in bits]
-  stats = LayerStats(*(treedef.unflatten(zero) for _ in range(3)))
-  return TrustRatioState(count=jnp.zeros([], jnp.int32), stats=stats)
-
-
-def next_state(
-  state: Any, treedef: Any, idx: list[int], n: int, norms: tuple[jax.Array, ...]
-) -> Any:
-  """`state` one step later; with stats, holding `norms` = (param, update, ratio) vectors
-  for the leaves `idx` of a tree of `n` leaves."""
-  if not isinstance(state, TrustRatioState):
-    return _tree.advance(state)
-  if n == 0:
-    return state._replace(count=optax.safe_increment(state.count))
-  dtype = jax.tree.leaves(state.stats)[0].dtype if jax.tree.leaves(state.stats) else None
-  fields = []
-  for vec in norms:
-    out: list[Any] = [None] * n
-    for k, i in enumerate(idx):
-      out[i] = vec[k].astype(dtype)
-    fields.append(treedef.unflatten(out))
-  return TrustRatioState(count=optax.safe_increment(state.count), stats=LayerStats(*fields))
 
 
 # ----------------------------------------------------------------------------
@@ -142,19 +91,18 @@ def add_decayed_weights(
     (Array([0.1, 0.2], dtype=float32), Array([1.], dtype=float32))
   """
   name = "add_decayed_weights"
-  where = " of add_decayed_weights (`weight_decay_mask` in lars)"
   _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable weight decay.")
   skip = _checks.is_zero_number(weight_decay)
 
   def init_fn(params):
-    _tree.init_checks(name, params, mask, where, None)
+    _tree.init_checks(name, params, mask, "mask", None)
     return _tree.count_state(callable(weight_decay))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if skip:
       return updates, state
-    u_leaves, p_leaves, treedef, bits = _tree.flat_update_args(name, updates, params, mask, where)
+    u_leaves, p_leaves, treedef, bits = _tree.flat_update_args(name, updates, params, mask, "mask")
     wd = _tree.at_count(weight_decay, state)
     out = [_numerics.decayed(u, p, wd) if b else u for u, p, b in zip(u_leaves, p_leaves, bits)]
     return treedef.unflatten(out), _tree.advance(state)
@@ -224,15 +172,13 @@ def scale_by_trust_ratio(
   """
   return _trust_ratio_transform(
     "scale_by_trust_ratio",
-    " of scale_by_trust_ratio (`trust_ratio_mask` in lars)",
-    0.0,
-    trust_coefficient,
-    eps,
-    None,
-    mask,
-    axis_name,
-    keep_stats,
-    positive_norms_only,
+    trust_coefficient=trust_coefficient,
+    eps=eps,
+    trust_ratio_mask=mask,
+    mask_args=("mask", "mask"),
+    axis_name=axis_name,
+    keep_stats=keep_stats,
+    positive_norms_only=positive_norms_only,
   )
 
 
@@ -289,33 +235,36 @@ def scale_by_trust_ratio_with_decay(
   """
   return _trust_ratio_transform(
     "scale_by_trust_ratio_with_decay",
-    " of scale_by_trust_ratio_with_decay (`trust_ratio_mask` in lars)",
-    weight_decay,
-    trust_coefficient,
-    eps,
-    weight_decay_mask,
-    trust_ratio_mask,
-    axis_name,
-    keep_stats,
-    positive_norms_only,
+    weight_decay=weight_decay,
+    trust_coefficient=trust_coefficient,
+    eps=eps,
+    weight_decay_mask=weight_decay_mask,
+    trust_ratio_mask=trust_ratio_mask,
+    axis_name=axis_name,
+    keep_stats=keep_stats,
+    positive_norms_only=positive_norms_only,
   )
 
 
 def _trust_ratio_transform(
   name: str,
-  ratio_where: str,
-  weight_decay: optax.ScalarOrSchedule,
+  *,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
   trust_coefficient: float | jax.Array,
   eps: float | jax.Array,
-  weight_decay_mask: masks_lib.Mask,
+  weight_decay_mask: masks_lib.Mask = None,
   trust_ratio_mask: masks_lib.Mask,
+  mask_args: tuple[str, str] = ("weight_decay_mask", "trust_ratio_mask"),
   axis_name: AxisNames,
   keep_stats: bool,
   positive_norms_only: bool,
 ) -> optax.GradientTransformationExtraArgs:
-  """The one implementation behind `scale_by_trust_ratio(_with_decay)`."""
-  decay_where = f" of {name} (`weight_decay_mask` in lars)"
+  """The one implementation behind `scale_by_trust_ratio(_with_decay)`; `mask_args`
+  are the factory's names for the two masks (for error messages)."""
+  decay_arg, ratio_arg = mask_args
   _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable weight decay.")
+  for arg, value in [("trust_coefficient", trust_coefficient), ("eps", eps)]:
+    _checks.check_not_schedule(arg, value)
   _checks.check_scalar("trust_coefficient", trust_coefficient, fix="0.001 is usual.")
   _checks.check_scalar(
     "eps", eps, fix="eps is added to the update norm; use 0.0 or a small positive value."
@@ -328,18 +277,18 @@ def _trust_ratio_transform(
   counted = callable(weight_decay)
 
   def init_fn(params):
-    bits = _tree.init_checks(name, params, trust_ratio_mask, ratio_where, axis_name)
-    _tree.init_bits(weight_decay_mask, params, decay_where)  # a typo fails here, even at wd 0
-    return init_stats(keep_stats, counted, params, bits)
+    bits = _tree.init_checks(name, params, trust_ratio_mask, ratio_arg, axis_name)
+    _tree.init_bits(name, weight_decay_mask, params, decay_arg)  # a typo fails here, even at wd 0
+    return _stats.init(keep_stats, counted, params, bits)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     u_leaves, p_leaves, treedef, adapt = _tree.flat_update_args(
-      name, updates, params, trust_ratio_mask, ratio_where
+      name, updates, params, trust_ratio_mask, ratio_arg
     )
     out, source = list(u_leaves), list(u_leaves)
     if not no_decay:
-      decay = masks_lib.resolve(weight_decay_mask, params, arg="mask", where=decay_where)
+      decay = _tree.resolve_mask(name, weight_decay_mask, params, decay_arg)
       wd = _tree.at_count(weight_decay, state)
       for i, (u, p) in enumerate(zip(u_leaves, p_leaves)):
         if decay[i]:
@@ -347,7 +296,7 @@ def _trust_ratio_transform(
           source[i] = _norm_source(out[i], u, p, wd) if adapt[i] else out[i]
     idx = [i for i, b in enumerate(adapt) if b]
     if not idx:
-      return treedef.unflatten(out), next_state(state, treedef, idx, len(out), ())
+      return treedef.unflatten(out), _stats.step(state, treedef, idx, len(out))
     axes = _tree.checked_leaf_axes(name, axis_name, params, idx)
     pn, un = _numerics.layer_norms([[p_leaves[i] for i in idx], [source[i] for i in idx]], axes)
     if positive_norms_only:
@@ -356,7 +305,7 @@ def _trust_ratio_transform(
       ratio = _numerics.trust_ratio(pn, un, trust_coefficient, eps)
     for k, i in enumerate(idx):
       out[i] = _numerics.scale(out[i], ratio[k])
-    state = next_state(state, treedef, idx, len(out), (pn, un, ratio))
+    state = _stats.step(state, treedef, idx, len(out), (pn, un, ratio))
     return treedef.unflatten(out), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -427,28 +376,18 @@ def trace(
   decay: float | jax.Array,
   nesterov: bool = False,
   accumulator_dtype: Any | None = None,
-  *,
-  dampening: float | jax.Array | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Momentum: :math:`t \leftarrow x + \mu t`; outputs :math:`t` or :math:`x + \mu t`.
+  r"""Momentum: :math:`t \leftarrow x + \mu t`; outputs :math:`t` (Nesterov: :math:`x + \mu t`).
 
   The buffer :math:`t` starts at zero, so the first output equals the first input.
-  With ``nesterov=True`` the output is :math:`x + \mu t_{new}`. Same numbers as
-  `optax.trace`.
-
-  With a `dampening` :math:`\tau` (a number, 0 included) this is PyTorch's SGD
-  momentum instead: the buffer is a copy of the first input, then
-  :math:`t \leftarrow \mu t + (1 - \tau) x`; a Python ``decay`` of 0 keeps no buffer
-  (the identity), and while an array ``decay`` is 0 (`optax.inject_hyperparams`) the
-  input passes through, the buffer is left alone and the step count does not move.
+  Same numbers as `optax.trace`; the sum is computed in float32 or wider. PyTorch's
+  momentum (dampening, buffer copied on the first step) is `torch_trace`.
 
   Args:
     decay: the momentum :math:`\mu \in [0, 1)`.
-    nesterov: use Nesterov momentum (with `dampening`: needs :math:`\mu > 0`,
-      :math:`\tau = 0`, as PyTorch).
+    nesterov: use Nesterov momentum.
     accumulator_dtype: dtype of the buffer; defaults to each parameter's dtype. Use
       ``jnp.float32`` to keep a float32 buffer for bfloat16 parameters.
-    dampening: None for optax's trace; :math:`\tau \in [0, 1]` for PyTorch's.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -460,65 +399,99 @@ def trace(
     >>> u, state = tx.update(jnp.ones(1), state)  # t = 1, out = 1 + 0.5 * 1
     >>> u, state.trace
     (Array([1.5], dtype=float32), Array([1.], dtype=float32))
-    >>> torch = lars_jax.trace(0.9, dampening=0.5)
-    >>> state = torch.init(jnp.zeros(1))
-    >>> u, state = torch.update(jnp.ones(1), state)  # first step: t = x = 1
-    >>> u, state = torch.update(jnp.ones(1), state)  # t = 0.9 * 1 + 0.5 * 1
-    >>> u
-    Array([1.4], dtype=float32)
   """
   name = "trace"
+  _checks.check_not_schedule("decay", decay)
   _checks.check_momentum("decay", decay)
   _checks.check_bool("nesterov", nesterov)
   acc_dtype = _checks.accumulator_dtype(accumulator_dtype)
-  torch = dampening is not None
-  if torch:
-    _checks.check_scalar("dampening", dampening, upper=1.0, upper_inclusive=True)
-    mu, tau = _checks.concrete_float(decay), _checks.concrete_float(dampening)
-    if nesterov and ((mu is not None and mu <= 0) or (tau is not None and tau != 0)):
-      raise ValueError(
-        f"`nesterov=True` needs momentum > 0 and `dampening` == 0 (as PyTorch), got "
-        f"decay={decay!r}, dampening={dampening!r}."
-      )
-  no_buffer = torch and _checks.is_zero_number(decay)
-  gated = torch and not isinstance(decay, (int, float))  # an array decay may be 0
 
   def init_fn(params):
-    if no_buffer:
-      return optax.EmptyState()
     _checks.check_float_leaves(name, params)
-    buf = jax.tree.map(lambda p: _numerics.zeros_like(p, acc_dtype), params)
-    if torch:
-      return TorchTraceState(count=jnp.zeros([], jnp.int32), trace=buf)
-    return TraceState(trace=buf)
+    return TraceState(trace=jax.tree.map(lambda p: _numerics.zeros_like(p, acc_dtype), params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    if no_buffer:
-      return updates, state
-    x_leaves, treedef = jax.tree.flatten(updates)
-    t_leaves = _tree.flatten_like(state.trace, treedef, "state.trace", name)
-    _tree.check_shapes(name, updates, x_leaves, t_leaves, "momentum buffer")
-    first = state.count == 0 if torch else None
     new_t, out = [], []
-    for x, t in zip(x_leaves, t_leaves):
-      acc = jnp.promote_types(_numerics.wide_dtype(x.dtype), _numerics.wide_dtype(t.dtype))
-      xw, tw = x.astype(acc), t.astype(acc)
-      if torch:
-        tn = jnp.where(first, xw, decay * tw + (1 - dampening) * xw)
-      else:
-        tn = xw + decay * tw
-      o = xw + decay * tn if nesterov else tn
+    for x, t in _tree.with_buffers(name, updates, state.trace):
+      tn = x + decay * t
+      new_t.append(tn)
+      out.append(x + decay * tn if nesterov else tn)
+    return _tree.unflatten_like(updates, out, new_t, state.trace, TraceState)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def torch_trace(
+  decay: float | jax.Array,
+  dampening: float | jax.Array = 0.0,
+  *,
+  nesterov: bool = False,
+  accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""PyTorch's SGD momentum: the buffer is a copy of the first input, then
+  :math:`t \leftarrow \mu t + (1 - \tau) x`; outputs :math:`t` (Nesterov:
+  :math:`x + \mu t`).
+
+  Equals `trace` when :math:`\tau = 0`. A Python ``decay`` of 0 keeps no buffer (the
+  identity); while an array ``decay`` is 0 (`optax.inject_hyperparams`) the input
+  passes through, the buffer is left alone and the step count does not move, as in
+  PyTorch, which never touches a buffer while momentum is 0.
+
+  Args:
+    decay: the momentum :math:`\mu \in [0, 1)`.
+    dampening: :math:`\tau \in [0, 1]`.
+    nesterov: Nesterov momentum (needs :math:`\mu > 0` and :math:`\tau = 0`, as PyTorch).
+    accumulator_dtype: dtype of the buffer (default: each parameter's dtype).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
+  Examples:
+    >>> import jax.numpy as jnp, lars_jax
+    >>> tx = lars_jax.torch_trace(0.9, dampening=0.5)
+    >>> state = tx.init(jnp.zeros(1))
+    >>> u, state = tx.update(jnp.ones(1), state)  # first step: t = x = 1
+    >>> u, state = tx.update(jnp.ones(1), state)  # t = 0.9 * 1 + 0.5 * 1
+    >>> u
+    Array([1.4], dtype=float32)
+  """
+  name = "torch_trace"
+  for arg, value in [("decay", decay), ("dampening", dampening)]:
+    _checks.check_not_schedule(arg, value)
+  _checks.check_momentum("decay", decay)
+  _checks.check_scalar("dampening", dampening, upper=1.0, upper_inclusive=True)
+  _checks.check_bool("nesterov", nesterov)
+  acc_dtype = _checks.accumulator_dtype(accumulator_dtype)
+  mu, tau = _checks.concrete_float(decay), _checks.concrete_float(dampening)
+  if nesterov and ((mu is not None and mu <= 0) or (tau is not None and tau != 0)):
+    raise ValueError(
+      f"`nesterov=True` needs momentum > 0 and `dampening` == 0 (as PyTorch), got "
+      f"decay={decay!r}, dampening={dampening!r}."
+    )
+  if _checks.is_zero_number(decay):
+    return optax.identity()
+  gated = not isinstance(decay, (int, float))  # an array decay may be 0
+
+  def init_fn(params):
+    _checks.check_float_leaves(name, params)
+    buf = jax.tree.map(lambda p: _numerics.zeros_like(p, acc_dtype), params)
+    return TorchTraceState(count=jnp.zeros([], jnp.int32), trace=buf)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    first, on = state.count == 0, decay != 0
+    new_t, out = [], []
+    for x, t in _tree.with_buffers(name, updates, state.trace):
+      tn = jnp.where(first, x, decay * t + (1 - dampening) * x)
+      o = x + decay * tn if nesterov else tn
       if gated:
-        tn, o = jnp.where(decay != 0, tn, tw), jnp.where(decay != 0, o, xw)
-      new_t.append(tn.astype(t.dtype))
-      out.append(o.astype(x.dtype))
-    new_trace = treedef.unflatten(new_t)
-    if not torch:
-      return treedef.unflatten(out), TraceState(trace=new_trace)
+        tn, o = jnp.where(on, tn, t), jnp.where(on, o, x)
+      new_t.append(tn)
+      out.append(o)
     count = optax.safe_increment(state.count)
-    if gated:
-      count = jnp.where(decay != 0, count, state.count)
-    return treedef.unflatten(out), TorchTraceState(count=count, trace=new_trace)
+    count = jnp.where(on, count, state.count) if gated else count
+    make = lambda trace: TorchTraceState(count=count, trace=trace)
+    return _tree.unflatten_like(updates, out, new_t, state.trace, make)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

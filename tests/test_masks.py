@@ -461,7 +461,7 @@ def test_typo_in_top_level_lars_is_still_an_error():
   tx = lars_jax.lars(0.1, weight_decay=1e-4, weight_decay_mask=masks.exclude_names("bais"))
   with pytest.raises(
     ValueError,
-    match=r"exclude_names: pattern 'bais' matches no parameter \(re.search over '/'-joined "
+    match=r"exclude_names: pattern 'bais' matches no parameter \(match='search' over '/'-joined "
     r"paths\). Parameter paths look like: 'backbone/bn/bias', ",
   ) as e:
     tx.init(_backbone_and_head())

@@ -481,8 +481,8 @@ def test_torch_lars_hand_computed():
 def test_torch_trace_array_momentum_zero_is_pass_through():
   # PyTorch never touches a buffer while momentum is 0, so dampening has no effect;
   # when momentum becomes non-zero the buffer starts as a clone of d.
-  tx0 = lars_jax.trace(jnp.asarray(0.0), dampening=0.5)
-  tx9 = lars_jax.trace(jnp.asarray(0.9), dampening=0.5)
+  tx0 = lars_jax.torch_trace(jnp.asarray(0.0), dampening=0.5)
+  tx9 = lars_jax.torch_trace(jnp.asarray(0.9), dampening=0.5)
   state = tx0.init(jnp.zeros(2))
   for d in ([1.0, 2.0], [3.0, 4.0]):
     u, state = tx0.update(jnp.array(d), state)
@@ -695,7 +695,7 @@ def test_bad_use_at_update():
   tx = lars_jax.keras_clip(clipvalue=1.0)
   with pytest.raises(TypeError, match="clipvalue"):
     tx.update({"w": jnp.ones(2, jnp.complex64)}, tx.init(None))
-  with pytest.raises(ValueError, match=r"`weight_decay_mask` in torch_lars\) does not match"):
+  with pytest.raises(ValueError, match=r"scale_by_sum_norms_trust_ratio: `mask` does not match"):
     tx = lars_jax.torch_lars(0.1, weight_decay=1e-2, weight_decay_mask={"w": True})
     tx.init(p)
 

@@ -475,8 +475,8 @@ def test_params_tree_mismatch():
 def test_mask_mismatch(which):
   params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
   tx = lars_jax.lars(0.1, weight_decay=0.1, **{which: {"w": True, "c": False}})
-  with pytest.raises(ValueError, match="`mask`"):
+  with pytest.raises(ValueError, match="`(weight_decay|trust_ratio)_mask`"):
     tx.init(params)
   tx = lars_jax.lars(0.1, weight_decay=0.1, **{which: {"w": True, "b": 1.0}})
-  with pytest.raises(TypeError, match="`mask`"):
+  with pytest.raises(TypeError, match="`(weight_decay|trust_ratio)_mask`"):
     tx.init(params)
