@@ -215,6 +215,9 @@ Schedule = Annotated[
 """Any schedule config, chosen by its ``kind`` field in YAML."""
 
 
+_Regex = Annotated[str, pydantic.AfterValidator(lambda p: masks_lib.only_names(p) and p)]
+
+
 class ParamGroupRule(StrictModel):
   """One rule of `OptimizerConfig.param_group_modifiers`.
 
@@ -223,10 +226,15 @@ class ParamGroupRule(StrictModel):
   (a regular expression that must match the whole '/'-joined path, ``re.fullmatch``),
   and multiplies their learning rate by ``scale`` or sets their weight decay to
   ``value``: exactly one of each pair. `mask` is the selection as a mask.
+
+  Examples:
+    >>> from lars_jax.config import ParamGroupRule
+    >>> ParamGroupRule(name='head.kernel', scale=0.1).mask()({'head': {'kernel': 1, 'bias': 0}})
+    {'head': {'bias': False, 'kernel': True}}
   """
 
   name: str | None = None
-  pattern: str | None = None
+  pattern: _Regex | None = None
   scale: _NonNeg | None = None
   value: _NonNeg | None = None
 
@@ -241,7 +249,6 @@ class ParamGroupRule(StrictModel):
           f"a param_group_modifiers rule needs exactly one of `{a}` or `{b}` ({what}), got "
           f"{a}={getattr(self, a)!r}, {b}={getattr(self, b)!r}."
         )
-    self.mask()  # compiles the pattern: an invalid one raises here, naming it
     return self
 
   def mask(self) -> Callable[[Any], Any]:
