@@ -232,6 +232,7 @@ def _name_mask(
     return jax.tree_util.tree_unflatten(treedef, values)
 
   mask_fn.__name__ = name
+  mask_fn.by_name = True  # checked per pattern above, not by `resolve(nonempty=True)`
   return mask_fn
 
 
@@ -301,7 +302,7 @@ def _combine(masks: Sequence[Mask], op: Callable[[bool, bool], bool], name: str)
 
 
 def _check_selects(where: str, arg: str, mask: Any, tree: Any, bits: Sequence[bool]) -> None:
-  """A callable mask (a shape, name or combined rule) that selects no leaf of a whole
+  """A callable mask (a shape or combined rule) that selects no leaf of a whole
   params tree is almost always a bug (every layer would silently be left out): raise,
   as a name pattern that matches nothing does. Inside optax partitions (MaskedNode
   present) an empty selection is legal, and `False` says "no leaf" on purpose."""
@@ -335,8 +336,9 @@ def resolve(
     tree: the params (or updates) the mask is for.
     arg: the argument name used in error messages.
     owner: the transformation whose argument it is, named first in error messages.
-    nonempty: raise if a callable mask selects no leaf of a tree without
-      ``optax.MaskedNode`` (a whole params tree, not an optax partition).
+    nonempty: raise if a callable mask (other than a name rule, whose patterns are
+      checked one by one) selects no leaf of a tree without ``optax.MaskedNode`` (a
+      whole params tree, not an optax partition).
 
   Returns:
     A list of Python bools aligned with ``jax.tree.leaves(tree)``.
@@ -347,7 +349,7 @@ def resolve(
     return [True] * len(leaves)
   if callable(mask) and not isinstance(mask, (bool, np.bool_)):
     rule, mask = mask, mask(tree)
-    if nonempty:
+    if nonempty and not getattr(rule, "by_name", False):
       bits = resolve(mask, tree, arg=arg, owner=owner)
       _check_selects(where, arg, rule, tree, bits)
       return bits
