@@ -1,0 +1,133 @@
+"""Optimizer-state shardings from parameter shardings, for pjit, shard_map and orbax.
+
+Every leaf of an optimizer state that mirrors a parameter (a momentum buffer) lives
+where that parameter lives; everything else (step counts, and the per-layer scalars
+that ``keep_stats=True`` keeps) is replicated. `state_shardings` gives that as a tree
+with exactly the state's structure, so it can be zipped with the state
+(``jax.tree.map(f, state, shardings)``), given to ``jax.jit(out_shardings=)`` and
+turned into orbax restore targets by `abstract_state`.
+
+Why not `optax.tree_map_params` alone: it finds the parameter-shaped parts of a state
+by initialising the optimizer on a leafless placeholder, and calls
+``transform_non_params`` once per leaf of *that* placeholder state. A `LayerStats`
+field built on a leafless tree is one leaf, so with ``lambda _: replicated`` the whole
+params-shaped tree of statistics gets one sharding: a prefix of the state, which
+``jit`` accepts but ``jax.tree.map(..., abstract_state, shardings)`` rejects. Here
+``transform_non_params`` replicates every leaf of the part it is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from lars_jax import masks as masks_lib
+
+__all__ = ["abstract_state", "state_shardings"]
+
+
+def state_shardings(
+  tx: optax.GradientTransformation,
+  params: optax.Params,
+  param_shardings: Any = None,
+  *,
+  replicated: Any = None,
+) -> Any:
+  """The shardings of ``tx.init(params)``, leaf for leaf: the params' where they mirror a
+  parameter, `replicated` elsewhere.
+
+  Nothing is allocated: the state's structure comes from ``jax.eval_shape(tx.init,
+  params)``. Works for any optax optimizer whose parameter-shaped state
+  `optax.tree_map_params` finds (every lars_jax transform and preset, ``keep_stats``
+  included, `optax.chain`, `optax.inject_hyperparams`, SGD, Adam, ...).
+
+  Args:
+    tx: the optimizer.
+    params: the parameters, or their `jax.ShapeDtypeStruct`s.
+    param_shardings: one sharding per parameter (a tree with the params' structure):
+      `jax.sharding.NamedSharding`s for ``jit``, or `PartitionSpec`s for
+      ``shard_map``'s ``in_specs``. None: each parameter's own ``.sharding`` (sharded
+      arrays, or `ShapeDtypeStruct`s built with ``sharding=``).
+    replicated: what non-parameter leaves get. None: ``NamedSharding(mesh, P())`` on
+      the parameters' mesh, or ``P()`` when `param_shardings` holds PartitionSpecs.
+
+  Returns:
+    A tree with the structure of ``tx.init(params)``, one sharding per array leaf.
+
+  Examples:
+    >>> import jax.numpy as jnp, lars_jax, lars_jax.sharding
+    >>> from jax.sharding import PartitionSpec as P
+    >>> params = {'w': jnp.ones((4, 2)), 'b': jnp.ones(2)}
+    >>> specs = {'w': P(None, 'model'), 'b': P()}
+    >>> tx = lars_jax.lars(0.1, keep_stats=True)
+    >>> sh = lars_jax.sharding.state_shardings(tx, params, specs)
+    >>> sh[0].stats.param_norm  # one replicated spec per layer, not one for all
+    {'b': P(), 'w': P()}
+    >>> sh[2].trace  # the momentum lives where its parameter lives
+    {'b': P(), 'w': P(None, 'model')}
+  """
+  if param_shardings is None:
+    param_shardings = jax.tree_util.tree_map_with_path(_own_sharding, params)
+  if replicated is None:
+    replicated = _replicated_like(param_shardings)
+  abstract = jax.eval_shape(tx.init, params)
+  return optax.tree_map_params(
+    tx,
+    lambda _, sharding: sharding,
+    abstract,
+    param_shardings,
+    transform_non_params=lambda part: jax.tree.map(lambda _: replicated, part),
+  )
+
+
+def abstract_state(
+  tx: optax.GradientTransformation,
+  params: optax.Params,
+  param_shardings: Any = None,
+  *,
+  replicated: Any = None,
+) -> Any:
+  """``tx.init(params)`` as `jax.ShapeDtypeStruct`s carrying `state_shardings`.
+
+  The target for a sharded restore (``orbax.checkpoint.args.StandardRestore``: each
+  array is read straight into its shards) and for ``jax.jit(tx.init,
+  out_shardings=...)``. Arguments as in `state_shardings` (NamedShardings, not
+  PartitionSpecs).
+
+  Returns:
+    A tree with the structure of ``tx.init(params)``.
+  """
+  shardings = state_shardings(tx, params, param_shardings, replicated=replicated)
+  return jax.tree.map(
+    lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+    jax.eval_shape(tx.init, params),
+    shardings,
+  )
+
+
+def _own_sharding(path: Any, leaf: Any) -> Any:
+  sharding = getattr(leaf, "sharding", None)
+  if sharding is None:
+    raise ValueError(
+      f"lars_jax.sharding: the parameter {masks_lib.path_str(path)!r} has no sharding "
+      f"({type(leaf).__name__}). Pass `param_shardings`, or params built with one "
+      "(sharded arrays, or jax.ShapeDtypeStruct(shape, dtype, sharding=...))."
+    )
+  return sharding
+
+
+def _replicated_like(param_shardings: Any) -> Any:
+  leaves = jax.tree.leaves(param_shardings, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  if leaves and all(isinstance(s, PartitionSpec) for s in leaves):
+    return PartitionSpec()
+  for s in leaves:
+    if isinstance(s, NamedSharding):
+      return NamedSharding(s.mesh, PartitionSpec())
+  raise ValueError(
+    "lars_jax.sharding: cannot tell what a replicated state leaf should be: the "
+    "parameter shardings hold no NamedSharding or PartitionSpec "
+    f"({sorted({type(s).__name__ for s in leaves})}). Pass `replicated=`."
+  )
