@@ -7,7 +7,7 @@ imported on first use.
 
 from typing import Any
 
-from lars_jax import masks, schedules
+from lars_jax import masks, schedules, sharding
 from lars_jax._numerics import trust_ratio
 from lars_jax._stats import LayerStats, TrustRatioState
 from lars_jax.diagnostics import layer_stats
@@ -59,6 +59,7 @@ __all__ = [
   "layer_stats",
   "masks",
   "schedules",
+  "sharding",
   "scale_by_learning_rate",
   "scale_by_sum_norms_trust_ratio",
   "scale_by_trust_ratio",

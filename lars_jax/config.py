@@ -58,6 +58,9 @@ _NonNeg = Annotated[float, pydantic.Field(ge=0.0, strict=True, allow_inf_nan=Fal
 _Positive = Annotated[float, pydantic.Field(gt=0.0, strict=True, allow_inf_nan=False)]
 _Steps = Annotated[int, pydantic.Field(ge=0, strict=True)]
 _PositiveSteps = Annotated[int, pydantic.Field(gt=0, strict=True)]
+# MLPerf's arithmetic gives fractional step counts (706.5 warm-up steps at batch 32768).
+_FracSteps = Annotated[float, pydantic.Field(ge=0.0, strict=True, allow_inf_nan=False)]
+_PositiveFracSteps = Annotated[float, pydantic.Field(gt=0.0, strict=True, allow_inf_nan=False)]
 
 
 def _checked(build: Callable[[], Any], prefix: str = "") -> None:
@@ -187,8 +190,8 @@ class WarmupPolynomialSchedule(_ScheduleConfig):
   """The MLPerf schedule, `lars_jax.schedules.warmup_polynomial_decay`."""
 
   kind: Literal["warmup_polynomial"] = "warmup_polynomial"
-  warmup_steps: _Steps = 0
-  total_steps: _PositiveSteps
+  warmup_steps: _FracSteps = 0
+  total_steps: _PositiveFracSteps
   end_value: _NonNeg = 1e-4
   power: _Positive = 2.0
 

@@ -370,3 +370,70 @@ def test_larc_mask_is_a_no_decay_group():
     pn, gn = _norm(p), _norm(g)
     r = 0.02 * pn / (gn + lam * pn) if pn > 0 else 1.0
     np.testing.assert_allclose(new, p - 0.1 * r * (g + lam * p), rtol=RTOL, err_msg=path)
+
+
+def test_mlperf_example_is_the_submission():
+  import importlib.util
+  import pathlib
+
+  path = pathlib.Path(__file__).parent.parent / "examples" / "mlperf_resnet50_optimizer.py"
+  spec = importlib.util.spec_from_file_location("mlperf_example", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  h = mod.hyperparameters(32768)
+  assert (h["warmup_steps"], h["total_steps"]) == (706.5, 2512.0)
+  params = {
+    "conv": {"kernel": np.random.default_rng(2).normal(size=(3, 4)), "bias": np.zeros(4)},
+    "bn": {"scale": np.ones(4), "bias": np.zeros(4)},
+  }
+  grads = _grads("plain", params, leaf=("conv", "kernel"))
+  tx = mod.mlperf_optimizer(32768)
+  lr = lars_jax.schedules.warmup_polynomial_decay(29.0, 706.5, 2512)
+  ref = ref_flax(params, grads, _rates(lr), beta=0.929, weight_decay=1e-4,
+                 lars=lambda path: not ("bias" in path or "scale" in path))
+  _check(_run(tx, params, grads), ref)
+
+
+def _readme_block(word):
+  from readme_blocks import python_blocks
+
+  (block,) = [b for b in python_blocks("Migrating from TensorFlow / PyTorch") if word in b]
+  ns = {"lars_jax": lars_jax, "optax": optax, "jax": jax, "lr": 0.5}
+  exec(compile(block, "README.md", "exec"), ns)
+  return ns
+
+
+def test_readme_timm_recipe():
+  ns = _readme_block("timm_lars")
+  params = _params()
+  grads = _grads("zero", params)
+  ref = ref_timm(params, grads, 0.5, momentum=0.9, weight_decay=5e-4, trust_clip=True,
+                 decayed=lambda path: not (path.endswith("/b") or path.startswith("norm")))
+  _check(_run(ns["tx"], params, grads), ref)
+
+
+def test_readme_byol_recipe_both_filters():
+  ns = _readme_block("byol_lars")
+  params = {"res_net/~/conv1": {"w": np.ones((3, 3)), "b": np.zeros(3)},
+            "res_net/~/block_1": {"w": np.full((3, 2), 0.5)},
+            "res_net/~/batchnorm": {"scale": np.ones(3), "offset": np.zeros(3)}}
+  paths = _paths(params)
+  expect = [not (p.endswith("/b") or "norm" in p.rsplit("/", 1)[0]) for p in paths]
+  assert masks.resolve(ns["byol_mask"], params) == expect
+  assert masks.resolve(ns["byol_mask_fn"], params) == expect
+  assert sum(expect) == 2  # the two kernels
+  grads = _grads("plain", params, leaf=("res_net/~/conv1", "w"))
+  lr = optax.warmup_cosine_decay_schedule(0.0, 0.2 * 4096 / 256, 10 * 312, 1000 * 312)
+  ref = ref_byol(params, grads, _rates(lr), weight_decay=1.5e-6, included=lambda p: p in
+                 [q for q, e in zip(paths, expect) if e])
+  _check(_run(ns["tx"], params, grads), ref)
+
+
+def test_readme_flax_and_mlperf_recipes():
+  ns = _readme_block("flax_lars")
+  params = {"conv": {"kernel": np.random.default_rng(5).normal(size=(3, 4)), "bias": np.zeros(4)}}
+  grads = _grads("plain", params, leaf=("conv", "kernel"))
+  lr = lars_jax.schedules.warmup_polynomial_decay(29.0, 706.5, 2512)
+  ref = ref_flax(params, grads, _rates(lr), beta=0.929, weight_decay=1e-4,
+                 lars=lambda path: "bias" not in path)
+  _check(_run(ns["tx"], params, grads), ref)

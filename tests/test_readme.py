@@ -76,7 +76,7 @@ def test_mask_examples_build_masks_on_a_vit_like_tree():
 @pytest.mark.parametrize("i", range(3))
 def test_migration_one_liners_build_and_step(i):
   blocks = python_blocks("Migrating from TensorFlow / PyTorch")
-  assert len(blocks) == 3  # tf_lars, torch_lars, larc
+  assert len(blocks) == 6  # tf_lars, torch_lars, larc; timm, BYOL, flax/MLPerf (test_migrate)
   ns, _ = _run(blocks[i], {"lars_jax": lars_jax, "optax": optax, "lr": 0.1})
   tx = ns["tx"]
   params = {
