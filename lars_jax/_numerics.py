@@ -94,6 +94,11 @@ def trust_ratio(
 
   A NaN or Inf norm is not a zero norm: it gives a NaN (or 0/Inf) ratio, as
   `optax.scale_by_trust_ratio` does, so a diverging layer shows up.
+
+  Examples:
+    >>> import jax.numpy as jnp, lars_jax
+    >>> lars_jax.trust_ratio(jnp.array([5.0, 0.0]), jnp.array([1.0, 1.0]), 0.001)
+    Array([0.005, 1.   ], dtype=float32)
   """
   zero = (param_norm == 0) | (update_norm == 0)
   denom = jnp.where(zero, 1.0, update_norm + eps)
