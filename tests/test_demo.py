@@ -1,5 +1,6 @@
 """The large-batch demo (`python -m benchmarks.large_batch`): --quick end to end, and its pieces."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -39,21 +40,19 @@ def test_quick_beats_chance_by_a_wide_margin(quick_run):
     floor = 0.75 if r["batch_size"] == 256 else 0.4  # 1024: 42 steps in all
     assert r["mean"] > floor, r  # chance is 0.1
     assert r["test_acc"] == [r["mean"]]  # --quick: one seed
-  # Same epochs at every batch size: 8,000 training sequences, 6 epochs.
-  assert {r["batch_size"]: r["steps"] for r in rows if r["optimizer"] == "lars"} == {
-    256: 31 * 6,
-    1024: 7 * 6,
-  }
+  # Same epochs at every batch size: 8,000 training sequences, 6 epochs, 1.5 of warm-up.
+  lars = {r["batch_size"]: r for r in rows if r["optimizer"] == "lars"}
+  assert {b: r["steps"] for b, r in lars.items()} == {256: 31 * 6, 1024: 7 * 6}
+  assert {b: r["warmup_steps"] for b, r in lars.items()} == {256: round(31 * 1.5), 1024: 10}
 
 
 def test_quick_grids_follow_the_rule(quick_run):
   _, res = quick_run
-  opts = lb.optimizers()
   for name in ("lars", "sgd", "adamw"):
     small, large = sorted(
       (r for r in res["summary"] if r["optimizer"] == name), key=lambda r: r["batch_size"]
     )
-    first = opts[name].first_lr
+    first = lb.OPTIMIZERS[name].first_lr
     assert small["grid"] == pytest.approx([first / 2, first, 2 * first])
     # From the small batch's best rate to twice the linear-scaling value (x 1024/256).
     best = small["chosen_lr"]
@@ -146,11 +145,11 @@ def test_validation_is_carved_from_the_training_set():
     "x_test": np.zeros((7, 1), np.float32),
     "y_test": np.zeros(7, np.int32),
   }
-  s = lb.Split.from_data(data, 30)
-  assert s.y_fit.tolist() == list(range(70)) and s.y_val.tolist() == list(range(70, 100))
-  assert len(s.y_test) == 7
+  s = lb.split_data(data, 30)
+  assert s["fit"][1].tolist() == list(range(70)) and s["val"][1].tolist() == list(range(70, 100))
+  assert s["val"][0][:, 0].tolist() == list(range(70, 100)) and len(s["test"][1]) == 7
   with pytest.raises(ValueError, match="--n-val"):
-    lb.Split.from_data(data, 100)
+    lb.split_data(data, 100)
 
 
 @pytest.mark.parametrize("kernel_size,stride", [(5, 2), (3, 1), (4, 2)])
@@ -189,17 +188,36 @@ def test_model_shapes_and_precise_batch_norm():
 def test_grid_and_plan():
   assert lb._grid(1.0, 8.0) == [1.0, 2.0, 4.0, 8.0]
   assert lb._grid(0.3, 0.3 * 64) == pytest.approx([0.3 * 2**i for i in range(7)])
-  plan = lb.Plan(batch_size=1024, steps_per_epoch=58, epochs=8, warmup_epochs=2.0)
-  assert plan.total_steps == 464 and plan.warmup_steps == 116
-  shape = plan.schedule()
-  assert float(shape(0)) == 0.0 and float(shape(116)) == pytest.approx(1.0)
-  assert float(shape(464)) == pytest.approx(0.0, abs=1e-4)
+  assert lb.Plan(batch_size=1024, steps_per_epoch=58, epochs=8, warmup_steps=116).total_steps == 464
 
 
-def test_bad_arguments_name_the_option():
-  with pytest.raises(ValueError, match="--batch-sizes"):
-    lb._settings(lb._parse_args(["--quick", "--batch-sizes", "9000"]))
-  with pytest.raises(ValueError, match="--warmup-epochs"):
-    lb._settings(lb._parse_args(["--epochs", "4", "--warmup-epochs", "4"]))
-  s = lb._settings(lb._parse_args(["--batch-sizes", "512", "256", "512", "--seeds", "5"]))
+def test_every_settings_field_is_an_option():
+  """The command line is generated from `Settings`: each field, with its type, no hand mirror."""
+  changed = dict(batch_sizes=(128, 512), optimizers=("adamw", "lars"), epochs=3, warmup_epochs=0.5,
+                 seeds=2, n_train=5_000, n_val=1_000, n_test=1_000, data_seed=4, max_extend=1,
+                 bn_examples=1024)  # fmt: skip
+  assert set(changed) == {f.name for f in dataclasses.fields(lb.Settings)}
+  argv, lists = [], ("batch_sizes", "optimizers")
+  for name, value in changed.items():
+    argv += ["--" + name.replace("_", "-"), *map(str, value if name in lists else [value])]
+  settings, args = lb.parse_args(argv + ["--out", "elsewhere"])
+  assert settings == lb.Settings(**changed) and args.out == "elsewhere" and not args.quick
+  assert lb.parse_args(["--quick"])[0] == lb.Settings.quick()
+  assert lb.parse_args(["--quick", "--seeds", "2"])[0] == dataclasses.replace(
+    lb.Settings.quick(), seeds=2
+  )
+  assert lb.parse_args([])[0] == lb.Settings()
+
+
+def test_bad_settings_name_the_field_and_the_option():
+  with pytest.raises(ValueError, match=r"Settings.batch_sizes \(--batch-sizes\).*9000"):
+    lb.parse_args(["--quick", "--batch-sizes", "9000"])
+  with pytest.raises(ValueError, match=r"Settings.warmup_epochs \(--warmup-epochs\)"):
+    lb.parse_args(["--epochs", "4", "--warmup-epochs", "4"])
+  with pytest.raises(ValueError, match=r"Settings.optimizers .*among lars, sgd, adamw"):
+    lb.Settings(optimizers=("lars", "nesterov"))
+  with pytest.raises(ValueError, match=r"Settings.n_val \(--n-val\)"):
+    lb.Settings(n_train=1_000, n_val=1_000)
+  s = lb.parse_args(["--batch-sizes", "512", "256", "512", "--seeds", "5"])[0]
   assert s.batch_sizes == (256, 512) and s.seeds == 5 and s.n_train == 70_000
+  assert lb.Settings(batch_sizes=[1024, 256]).batch_sizes == (256, 1024)  # as the notebook may

@@ -53,6 +53,9 @@ def test_committed_notebook_is_executed_in_order_and_small():
       assert o.output_type != "error", c.source[:80]
       assert "Traceback" not in o.get("text", ""), c.source[:80]
   assert sum(1 for c in code for o in c.outputs if "image/png" in o.get("data", {})) >= 2
+  # The experiment is the demo's own `run` (with --quick's settings), not a copy of its loop.
+  sources = "\n".join(c.source for c in code)
+  assert "lb.run(settings" in sources and "tune" not in sources and "train(" not in sources
   _check_accuracies(_lars_accuracies(_stdout(nb)))
 
 
