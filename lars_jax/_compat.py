@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import jax
+import optax
 
 
 def version(text: str) -> tuple[int, int, int]:
@@ -22,6 +23,7 @@ def version(text: str) -> tuple[int, int, int]:
 
 
 JAX_VERSION = version(jax.__version__)
+OPTAX_VERSION = version(optax.__version__)
 
 if JAX_VERSION >= (0, 5, 3):
   optimization_barrier = jax.lax.optimization_barrier
@@ -48,4 +50,40 @@ def nnx_variable_types() -> tuple[type, ...]:
   if nnx is None:
     return ()
   names = vars(nnx)
-  return tuple(t for t in (names.get("Variable"), names.get("VariableState")) if isinstance(t, type))
+  return tuple(
+    t for t in (names.get("Variable"), names.get("VariableState")) if isinstance(t, type)
+  )
+
+
+def check_decay_schedule(kind: str, schedule: Any) -> None:
+  """Raises if `OptimizerConfig` would hand optax a weight-decay schedule it cannot apply.
+
+  The LARS kinds decay with lars_jax's own transforms, which take schedules everywhere;
+  the optax kinds (``adamw``, ``sgd``, ...) use ``optax.add_decayed_weights``, which
+  applies a schedule from optax 0.2.7 (0.2.6 never advances it; 0.2.4 and 0.2.5 fail at
+  the first update).
+  """
+  if schedule is None or OPTAX_VERSION >= (0, 2, 7) or kind in ("lars", "tf_lars", "torch_lars"):
+    return
+  raise ValueError(
+    f"weight_decay_schedule with kind {kind!r}: optax applies a weight-decay schedule from "
+    f"optax 0.2.7, and this is optax {optax.__version__}. Upgrade optax "
+    "(pip install 'optax>=0.2.7'), or use a LARS kind ('lars', 'tf_lars', 'torch_lars')."
+  )
+
+
+def nnx_values(tree: Any) -> Any:
+  """`tree` with each NNX Variable (or VariableState) replaced by its array; else as is.
+
+  ``get_value()`` from Flax 0.12 (where ``.value`` is deprecated), ``.value`` before.
+  """
+  types = nnx_variable_types()
+  if not types:
+    return tree
+
+  def value(x: Any) -> Any:
+    if not isinstance(x, types):
+      return x
+    return x.get_value() if hasattr(type(x), "get_value") else x.value
+
+  return jax.tree.map(value, tree, is_leaf=lambda x: isinstance(x, types))
