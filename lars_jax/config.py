@@ -29,7 +29,7 @@ except ImportError as e:  # the optimizers need neither
   ) from e
 
 import lars_jax
-from lars_jax import _checks
+from lars_jax import _checks, _compat
 from lars_jax import masks as masks_lib
 from lars_jax import schedules as schedules_lib
 from lars_jax._params_dict import (
@@ -383,6 +383,7 @@ class OptimizerConfig(ParamsDict):
         )
     if self.weight_decay_schedule is not None and self.weight_decay == 0:
       raise ValueError("weight_decay_schedule needs weight_decay > 0 (the schedule's base).")
+    _compat.check_decay_schedule(self.kind, self.weight_decay_schedule)
     if self.kind == "torch_lars" and not self.exclude_from_adaptation_follows_weight_decay:
       raise ValueError(
         "exclude_from_adaptation_follows_weight_decay=False is not possible with kind "

@@ -10,13 +10,13 @@ any logger.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
+from lars_jax import _compat
 from lars_jax import masks as masks_lib
 from lars_jax._stats import LayerStats
 
@@ -25,15 +25,7 @@ __all__ = ["layer_stats"]
 
 def _unwrap_nnx(tree: Any) -> Any:
   """Flax NNX wraps state leaves in Variables; take their values (nothing else changes)."""
-  nnx = sys.modules.get("flax.nnx")
-  variable = getattr(nnx, "Variable", None)
-  if variable is None:
-    return tree
-  return jax.tree.map(
-    lambda x: x.get_value() if isinstance(x, variable) else x,
-    tree,
-    is_leaf=lambda x: isinstance(x, variable),
-  )
+  return _compat.nnx_values(tree)
 
 
 def _is_stats(x: Any) -> bool:

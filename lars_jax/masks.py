@@ -43,13 +43,14 @@ Example:
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
 import numpy as np
 import optax
+
+from lars_jax import _compat
 
 Mask = Any  # bool | pytree of bools (or a prefix) | Callable[[params], pytree]
 MatchMode = Literal["search", "fullmatch", "component"]
@@ -88,9 +89,7 @@ def path_str(path: Sequence[Any]) -> str:
 
 
 def _is_nnx_variable(x: Any) -> bool:
-  nnx = sys.modules.get("flax.nnx")  # if flax.nnx was never imported, x is not one
-  variable = getattr(nnx, "Variable", None)
-  return variable is not None and isinstance(x, variable)
+  return isinstance(x, _compat.nnx_variable_types())
 
 
 def _is_path_leaf(x: Any) -> bool:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lars_jax import _checks, _numerics, _stats, _tree
+from lars_jax import _checks, _compat, _numerics, _stats, _tree
 from lars_jax import masks as masks_lib
 from lars_jax._tree import AxisNames
 
@@ -324,7 +324,7 @@ def _norm_source(decayed: jax.Array, u: jax.Array, p: jax.Array, wd: Any) -> jax
   if not isinstance(decayed, jax.core.Tracer):
     return decayed
   pw = p.astype(_numerics.wide_dtype(p.dtype))
-  neg, _ = jax.lax.optimization_barrier((-jnp.asarray(wd, jnp.result_type(wd, pw)), p))
+  neg, _ = _compat.optimization_barrier((-jnp.asarray(wd, jnp.result_type(wd, pw)), p))
   return (u.astype(_numerics.wide_dtype(u.dtype)) - neg * pw).astype(decayed.dtype)
 
 

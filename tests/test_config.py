@@ -24,6 +24,7 @@ import optax
 import pydantic
 import pytest
 import yaml
+from compat import OPTAX_VERSION
 
 import lars_jax
 from lars_jax import LARSConfig, OptimizerConfig, schedules, tf_lars, torch_lars
@@ -716,6 +717,8 @@ def test_optax_kinds():
   # adamw's own default weight decay (1e-4) is not used: the config's 0 is.
   cfg = OptimizerConfig(kind="optax.adamw", lr=1e-2)
   assert_same(cfg.build(), optax.adamw(1e-2, weight_decay=0.0))
+  if OPTAX_VERSION < (0, 2, 7):  # test_optax_kinds_decay_schedule_needs_optax_0_2_7
+    return
   cfg = OptimizerConfig(
     kind="adamw",
     lr=1e-2,
@@ -724,6 +727,20 @@ def test_optax_kinds():
   )
   wd = lambda c: np_cosine(int(c), 0.1, 0, 3, 0.0)  # noqa: E731
   assert_same(cfg.build(), optax.adamw(1e-2, weight_decay=wd, mask=DECAY))
+
+
+def test_optax_kinds_decay_schedule_needs_optax_0_2_7():
+  make = lambda: OptimizerConfig(  # noqa: E731
+    kind="adamw",
+    lr=1e-2,
+    weight_decay=0.1,
+    weight_decay_schedule={"kind": "warmup_cosine", "total_steps": 3},
+  )
+  if OPTAX_VERSION >= (0, 2, 7):
+    make().build()  # test_optax_kinds checks its numbers
+  else:  # optax.add_decayed_weights cannot apply a schedule: say so when configured
+    with pytest.raises(pydantic.ValidationError, match=r"optax 0\.2\.7.*pip install"):
+      make()
 
 
 def test_vit_adamw_yaml():

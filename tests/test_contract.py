@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compat import OPTAX_VERSION, enable_x64, tree_map_params
 
 import lars_jax
 from lars_jax import masks
@@ -160,11 +161,22 @@ def parabola(dtype):
   return x0, target, lambda x: jnp.sum(_abs_sq(x - target))
 
 
+def _square(x):
+  # Complex x**2 as (re - im)(re + im) + 2 re im i: exactly 0 + 2 re^2 i on the diagonal
+  # re == im, where this problem's iterates stay. `x ** 2` computes re*re - im*im, which
+  # XLA may fuse into an FMA that leaves the rounding error of re*re (+-2e-7 at re = 3.8)
+  # with a sign that differs between jaxlib versions: the gradients then differ in sign
+  # and the iterates leave the diagonal, differently on each version.
+  if not jnp.issubdtype(x.dtype, jnp.complexfloating):
+    return x * x
+  return jax.lax.complex((x.real - x.imag) * (x.real + x.imag), 2 * x.real * x.imag)
+
+
 def rosenbrock(dtype):
   a = (1.0 + 1j) if jnp.issubdtype(dtype, jnp.complexfloating) else 1.0
   x0 = jnp.zeros(2, dtype)
   target = jnp.array([a, a**2], dtype)
-  return x0, target, lambda x: _abs_sq(a - x[0]) + 100.0 * _abs_sq(x[1] - x[0] ** 2)
+  return x0, target, lambda x: _abs_sq(a - x[0]) + 100.0 * _abs_sq(x[1] - _square(x[0]))
 
 
 def _step_fn(tx, objective, **extra):
@@ -275,6 +287,11 @@ def test_inject_hyperparams_same_numbers(opt, jit):
 def test_inject_hyperparams_keep_their_dtype(opt, how):
   # float32 hyperparameters with bfloat16 params (optax's default would cast them to
   # the params' dtype; a user can keep them in float32 either way below).
+  if how == "strong_arrays" and OPTAX_VERSION < (0, 2, 8):
+    pytest.skip(
+      "optax < 0.2.8's inject_hyperparams casts strong float32 hyperparameters to the "
+      f"params' dtype (this is optax {optax.__version__}); hyperparam_dtype=float32 still works"
+    )
   params, grads = _tree_problem(jnp.bfloat16)
   if how == "hyperparam_dtype":
     injected = opt.injected(hyperparam_dtype=jnp.float32)
@@ -321,7 +338,7 @@ def test_inject_hyperparams_keep_their_dtype(opt, how):
   ids=lambda d: jnp.dtype(d).name,
 )
 def test_update_keeps_grad_dtype(opt, dtype):
-  with jax.enable_x64(dtype == jnp.float64):
+  with enable_x64(dtype == jnp.float64):
     params, grads = _tree_problem(dtype)
     assert all(p.dtype == dtype for p in jax.tree.leaves(params))
     tx = opt.make()
@@ -398,6 +415,8 @@ def test_optax_masked(opt):
 @by_name
 @pytest.mark.parametrize("wrapper", ["partition", "multi_transform"])
 def test_optax_partition(opt, wrapper):
+  if not hasattr(optax, wrapper):  # the same test runs through optax.multi_transform
+    pytest.skip(f"optax.{wrapper} is new in optax 0.2.5; this is optax {optax.__version__}")
   params, grads = _tree_problem()
   labels = {"w": "lars", "b": "frozen", "v": ["lars"]}
   tx = getattr(optax, wrapper)({"lars": opt.make(), "frozen": optax.set_to_zero()}, labels)
@@ -421,10 +440,10 @@ def test_tree_map_params(opt):
   tx = opt.make(learning_rate=optax.linear_schedule(1.0, 0.0, 10))
   state = tx.init(params)
   _, state = tx.update(grads(0), state, params)
-  same = optax.tree.map_params(tx, lambda v: v, state)
+  same = tree_map_params(tx, lambda v: v, state)
   jax.tree.map(np.testing.assert_array_equal, same, state)
   # Only params-shaped state (the momentum buffer) is mapped; counts are not.
-  zeroed = optax.tree.map_params(tx, jnp.zeros_like, state)
+  zeroed = tree_map_params(tx, jnp.zeros_like, state)
   counts = lambda s: [int(x) for x in jax.tree.leaves(s) if x.dtype == jnp.int32]  # noqa: E731
   assert counts(zeroed) == counts(state) and set(counts(state)) == {1}
   buffers = [x for x in jax.tree.leaves(zeroed) if x.dtype != jnp.int32]

