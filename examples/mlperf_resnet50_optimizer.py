@@ -52,7 +52,7 @@ def mlperf_optimizer(batch: int) -> optax.GradientTransformation:
     lambda path: "momentum" if ("bias" in path or "scale" in path) else "lars",
     lars_jax.masks.tree_paths(params),
   )
-  return optax.partition(
+  return optax.multi_transform(
     {
       "lars": lars_jax.flax_lars(lr, beta=h["momentum"], weight_decay=h["weight_decay"]),
       "momentum": optax.sgd(lr, momentum=h["momentum"]),

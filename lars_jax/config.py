@@ -328,7 +328,7 @@ class OptimizerConfig(ParamsDict):
   first. ``clip_grad_value``, then ``clip_grad_norm``, clip the raw gradients.
 
   `build` runs one optimizer per group of equal (scale, weight decay, adaptation) in
-  `optax.partition`: the numbers of the optimizer built by hand with these masks.
+  `optax.multi_transform`: the numbers of the optimizer built by hand with these masks.
   Rules select with `lars_jax.masks` (`ParamGroupRule.mask`) at ``init``: one that
   selects nothing, two that set one parameter's weight decay, or a ``value`` where a
   default exclusion applies raise ``ValueError`` naming the rules. `param_groups`
@@ -471,7 +471,7 @@ class OptimizerConfig(ParamsDict):
     """Returns the optimizer: clipping, then one optimizer instance per parameter group.
 
     The groups depend on the parameters' paths and ranks: the first ``init`` on a
-    structure resolves the rules and builds the `optax.partition` of the groups'
+    structure resolves the rules and builds the `optax.multi_transform` of the groups'
     optimizers; later calls on that structure (``update`` included) reuse it.
 
     Args:
@@ -495,7 +495,7 @@ class OptimizerConfig(ParamsDict):
       if key not in built:
         groups = [(s, w, a) for _, s, w, a in self._resolve(tree)]
         txs = {str(g): self._group_tx(*g, **lars_kw) for g in dict.fromkeys(groups)}
-        built[key] = optax.partition(txs, jax.tree.unflatten(treedef, map(str, groups)))
+        built[key] = optax.multi_transform(txs, jax.tree.unflatten(treedef, map(str, groups)))
       return built[key]
 
     def update_fn(updates, state, params=None, **extra_args):

@@ -358,7 +358,7 @@ def flax_lars(
   sits inside the buffer. The chain ``scale_by_sum_norms_trust_ratio(guard='flax',
   adapt_without_decay=True), scale_by_learning_rate, trace``. The zero guard is
   flax's since September 2020 (the version optax was tested against); flax.optim's
-  ``MultiOptimizer`` is `optax.partition` (README, Migrating: MLPerf).
+  ``MultiOptimizer`` is `optax.multi_transform` (README, Migrating: MLPerf).
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule.

@@ -998,8 +998,8 @@ def test_rules_may_name_leaves_of_other_partitions():
     param_group_modifiers=[{"name": "head/kernel", "scale": 0.5}],
   )
   labels = _labels(frozen=["head/kernel", "head/bias"])
-  tx = optax.partition({"rest": cfg.build(), "frozen": optax.set_to_zero()}, labels)
-  ref = optax.partition({"rest": _lars(), "frozen": optax.set_to_zero()}, labels)
+  tx = optax.multi_transform({"rest": cfg.build(), "frozen": optax.set_to_zero()}, labels)
+  ref = optax.multi_transform({"rest": _lars(), "frozen": optax.set_to_zero()}, labels)
   assert_same(tx, ref)
 
 

@@ -270,7 +270,7 @@ def mlperf_optimizer(learning_rate, beta, weight_decay):
     lambda path: "momentum" if ("bias" in path or "scale" in path) else "lars",
     masks.tree_paths(params),
   )
-  return optax.partition(
+  return optax.multi_transform(
     {
       "lars": lars_jax.flax_lars(learning_rate, beta, weight_decay),
       "momentum": optax.sgd(learning_rate, momentum=beta),

@@ -48,7 +48,7 @@ def test_item2_empty_callable_mask_raises_at_top_level():
   with pytest.raises(ValueError, match=r"all_of\) selects no parameter"):
     lars_jax.lars(1.0, trust_ratio_mask=combined).init(P)
   lars_jax.lars(1.0, trust_ratio_mask=False).init(P)  # False says "no leaf" on purpose
-  part = optax.partition(
+  part = optax.multi_transform(
     {"a": lars_jax.lars(1.0, trust_ratio_mask=masks.min_ndim(2)), "o": optax.sgd(0.1)},
     {"k": "o", "b": "a"},
   )
@@ -104,7 +104,7 @@ def test_item3_replicated_leaf_given_an_axis_under_shard_map_raises():
     lambda: lars_jax.scale_by_trust_ratio(mask=False, keep_stats=True),
     lambda: lars_jax.torch_lars(0.1, weight_decay=0.1, weight_decay_mask=False, keep_stats=True),
     lambda: lars_jax.tf_lars(0.1, exclude_from_weight_decay=["k", "b"], keep_stats=True),
-    lambda: optax.partition(
+    lambda: optax.multi_transform(
       {"a": lars_jax.lars(0.1, trust_ratio_mask=masks.min_ndim(2), keep_stats=True),
        "o": optax.sgd(0.1)},
       {"k": "o", "b": "a"},
