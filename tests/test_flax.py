@@ -313,12 +313,22 @@ def test_readme_flax_section_runs(tmp_path, monkeypatch):
   assert jax.tree.structure(restored) == jax.tree.structure(saved)
   equal = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), restored, saved)
   assert all(jax.tree.leaves(equal))
-  # optax.lars checkpoint: the converted state takes the step optax.lars takes, bit for bit.
+  # optax.lars checkpoint: the converted state takes the step optax.lars takes. Inside one
+  # jitted train step XLA fuses the two optimizers' graphs with the backward pass in
+  # different ways, so the last bit may differ (seen: 2 ulp in 1.7% of a kernel); the
+  # optimizer update jitted on its own is bit for bit (test_lars, state_from_optax_lars).
   want, _ = ns["train_step"](ns["old"], ns["x"], ns["y"])
   got = ns["resumed"]
   assert int(got.step) == int(want.step) == 4
   for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
-    np.testing.assert_array_equal(a, b, strict=True)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
   trace = lambda s: optax.tree_utils.tree_get(s.opt_state, "trace")
   for a, b in zip(jax.tree.leaves(trace(got)), jax.tree.leaves(trace(want))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+  tx, old = ns["tx"], ns["old"]
+  grads = jax.tree.map(lambda p: 0.01 * jnp.cos(p), old.params)
+  mine = jax.jit(tx.update)(grads, lars_jax.state_from_optax_lars(old.opt_state, tx.init(old.params)),
+                            old.params)[0]
+  theirs = jax.jit(old.tx.update)(grads, old.opt_state, old.params)[0]
+  for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs)):
     np.testing.assert_array_equal(a, b, strict=True)
