@@ -146,6 +146,7 @@ class Optimizer:
   label: str
   build: Callable[[optax.Schedule], optax.GradientTransformation]
   first_lr: float  # centre of the first grid at the smallest batch (an earlier run's best)
+  keeps_stats: bool = False  # built with keep_stats=True: read with lars_jax.layer_stats
 
 
 #: The optimizers the experiment compares, all decaying the kernels only: LARS (every leaf
@@ -154,7 +155,7 @@ class Optimizer:
 OPTIMIZERS = {o.name: o for o in (
   Optimizer("lars", "LARS", lambda lr: lars_jax.lars(
     lr, weight_decay=5e-4, weight_decay_mask=DECAYED, trust_coefficient=1e-3, momentum=0.9,
-    keep_stats=True), 16.0),
+    keep_stats=True), 16.0, keeps_stats=True),
   Optimizer("sgd", "SGD-momentum", lambda lr: optax.chain(
     optax.add_decayed_weights(5e-4, mask=DECAYED), optax.sgd(lr, 0.9)), 1.6),
   Optimizer("adamw", "AdamW", lambda lr: optax.adamw(lr, weight_decay=0.05, mask=DECAYED), 0.128),
@@ -256,7 +257,7 @@ def train(
       losses.append(loss)
       if log:
         moved_log.append(moved)
-        stats_log.append(lars_jax.layer_stats(state[2]))  # {key: (K,) array}, K models
+        stats_log.append(lars_jax.layer_stats(state[2]) if opt.keeps_stats else {})
       progress.update(1)
   acc = {"val": [], "test": []}
   for j in range(k):

@@ -197,16 +197,6 @@ def checked_leaf_axes(
   p_leaves = jax.tree.leaves(params)
   typed = {ax: _vma_typed(ax) for i in idx for ax in axes[i]}
   for i in idx:
-    extra = [ax for ax in axes[i] if typed[ax] and ax not in varying_axes(p_leaves[i])]
-    if extra:
-      path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(params)[0][i][0])
-      raise ValueError(
-        f"{name}: parameter {path!r} is replicated over the mesh axis {extra} under "
-        f"shard_map, but `axis_name` gives it {list(axes[i])}: its squared norm would be "
-        f"summed once per device over {extra}. Pass the params' PartitionSpec tree as "
-        "`axis_name` (e.g. the in_specs of the params), so that each leaf names only the "
-        "axes it is split over, and None for replicated leaves."
-      )
     missing = varying_axes(p_leaves[i]) - set(axes[i])
     if missing:
       path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(params)[0][i][0])
@@ -217,6 +207,16 @@ def checked_leaf_axes(
         f"norm of this device's slice only. If the leaf is split over {ax}, pass "
         f"axis_name={ax[0]!r} (or the params' PartitionSpec tree); if it should be "
         "replicated, give it an in_spec without that axis (or pmean it)."
+      )
+    extra = [ax for ax in axes[i] if typed[ax] and ax not in varying_axes(p_leaves[i])]
+    if extra:
+      path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(params)[0][i][0])
+      raise ValueError(
+        f"{name}: parameter {path!r} is replicated over the mesh axis {extra} under "
+        f"shard_map, but `axis_name` gives it {list(axes[i])}: its squared norm would be "
+        f"summed once per device over {extra}. Pass the params' PartitionSpec tree as "
+        "`axis_name` (e.g. the in_specs of the params), so that each leaf names only the "
+        "axes it is split over, and None for replicated leaves."
       )
   return [axes[i] for i in idx]
 
