@@ -217,8 +217,7 @@ def norm_dtype(leaves: Sequence[Any]) -> jnp.dtype:
 
 
 def layer_norms(
-  leaf_lists: Sequence[Sequence[jax.Array]],
-  axes: Sequence[tuple[Hashable, ...]],
+  leaf_lists: Sequence[Sequence[jax.Array]], axes: Sequence[tuple[Hashable, ...]]
 ) -> list[jax.Array]:
   """Per-leaf L2 norms of several aligned leaf lists, as one vector per list.
 

@@ -82,7 +82,9 @@ def init_bits(name: str, mask: masks_lib.Mask, params: Any, arg: str) -> list[bo
   return masks_lib.resolve(mask, params, arg=arg, owner=name, nonempty=True)
 
 
-def init_checks(name: str, params: Any, mask: masks_lib.Mask, arg: str, axis_name: Any) -> list[bool]:
+def init_checks(
+  name: str, params: Any, mask: masks_lib.Mask, arg: str, axis_name: Any
+) -> list[bool]:
   """What a masked, params-reading transform checks in `init`; returns the resolved
   mask (`init_bits`)."""
   _checks.check_float_leaves(name, params)

@@ -193,6 +193,7 @@ def _masked_note(masked: list[str]) -> str:
 def _matcher(match: MatchMode) -> Callable[[re.Pattern[str], str], bool]:
   """How a pattern is tested against a '/'-joined path."""
   if match == "component":  # the whole of one component, or of a run of them
+
     def test(r: re.Pattern[str], path: str) -> bool:
       c = path.split("/")
       runs = ("/".join(c[i:j]) for i in range(len(c)) for j in range(i + 1, len(c) + 1))
@@ -355,11 +356,7 @@ def resolve(
   if isinstance(mask, (bool, np.bool_)):
     return [bool(mask)] * len(leaves)
   try:
-    expanded = jax.tree.map(
-      lambda m, sub: jax.tree.map(lambda _: m, sub),
-      mask,
-      tree,
-    )
+    expanded = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask, tree)
   except (ValueError, TypeError) as e:
     raise ValueError(
       f"{where}`{arg}` does not match the parameter tree: a mask must have the params' "

@@ -1,12 +1,14 @@
 """Framework presets: the LARS of TF Model Garden (`tf_lars`, with Keras clipping
-`keras_clip`), DeepMind BYOL (`byol_lars`) and flax.optim (`flax_lars`).
+`keras_clip`), DeepMind BYOL (`byol_lars`) and flax.optim (`flax_lars`); the PyTorch family
+is in `lars_jax.torch_presets`.
 
-Each preset reproduces the update rule of one widely used implementation, so a recipe
-tuned there gives the same numbers here, zero guards included, as a thin `optax.chain`
-of the composable transforms. The PyTorch family is in `lars_jax.torch_presets`. TF's
-"popular" momentum needs no new transform: it is `trace` followed by
-`scale_by_trust_ratio`, so the ratio is taken on the momentum direction. Numeric
-hyperparameters may be traced (`optax.inject_hyperparams`): they are never branched on.
+Each preset is a thin `optax.chain` of the public transforms that gives its reference's
+numbers, zero guards included (README: "How the variants differ"). Numeric
+hyperparameters may be traced (`optax.inject_hyperparams`). Every preset here and in
+`lars_jax.torch_presets` also takes, keyword-only, ``axis_name`` (the mesh axes each leaf
+is split over under `shard_map`, see `scale_by_trust_ratio`) and ``keep_stats`` (keep
+per-leaf norms and ratios in the state, see `lars_jax.layer_stats`); their Args do not
+repeat them.
 """
 
 from __future__ import annotations
@@ -44,16 +46,13 @@ def keras_clip(
     g &\leftarrow g \cdot c_n / \max(\|g\|, c_n) \quad\text{per leaf} \\
     g &\leftarrow g \cdot c_g / \max(N, c_g), \qquad N = \sqrt{\textstyle\sum_\ell \|g_\ell\|^2}
 
-  ``clipnorm`` and ``global_clipnorm`` exclude each other, as in Keras. A leaf whose
-  norm is within the bound is returned unchanged (no rounding). Norms are in float32
-  or wider; under `shard_map` pass `axis_name` as for `scale_by_trust_ratio`.
+  ``clipnorm`` and ``global_clipnorm`` exclude each other, as in Keras. A leaf within
+  the bound is returned unchanged (no rounding). Norms are in float32 or wider.
 
   Args:
     clipvalue: :math:`c_v \ge 0`, the elementwise bound (real leaves only).
     clipnorm: :math:`c_n \ge 0`, the bound on each leaf's L2 norm.
     global_clipnorm: :math:`c_g \ge 0`, the bound on the norm of all leaves together.
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -67,14 +66,15 @@ def keras_clip(
     (Array([0.6, 0.8], dtype=float32), Array([0.5], dtype=float32))
   """
   name = "keras_clip"
-  for arg, value in [
-    ("clipvalue", clipvalue),
-    ("clipnorm", clipnorm),
-    ("global_clipnorm", global_clipnorm),
-  ]:
-    _checks.check_not_schedule(arg, value)
+  bounds = {"clipvalue": clipvalue, "clipnorm": clipnorm, "global_clipnorm": global_clipnorm}
+  _checks.check_numbers(**bounds)
+  for arg, value in bounds.items():
     _checks.check_scalar(arg, value, fix="Use None to disable it.")
-  _checks.check_one_clipnorm(clipnorm, global_clipnorm)
+  if clipnorm is not None and global_clipnorm is not None:
+    raise ValueError(
+      "`clipnorm` and `global_clipnorm` cannot both be set (Keras rejects this too): "
+      "pass one of them."
+    )
   by_norm = clipnorm if clipnorm is not None else global_clipnorm
 
   def init_fn(params):
@@ -99,15 +99,11 @@ def keras_clip(
       leaves = out
     if by_norm is not None:
       (norms,) = _numerics.layer_norms([leaves], _tree.leaf_axes(axis_name, updates))
-      if clipnorm is not None:
-        big = norms > clipnorm
-        scale = jnp.where(big, clipnorm / jnp.where(big, norms, 1.0), 1.0)
-        leaves = [jnp.where(big[i], _numerics.scale(g, scale[i]), g) for i, g in enumerate(leaves)]
-      else:
-        total = _numerics.safe_sqrt(jnp.sum(jnp.square(norms)))
-        big = total > global_clipnorm
-        scale = jnp.where(big, global_clipnorm / jnp.where(big, total, 1.0), 1.0)
-        leaves = [jnp.where(big, _numerics.scale(g, scale), g) for g in leaves]
+      if clipnorm is None:  # one global norm for every leaf
+        norms = jnp.broadcast_to(_numerics.safe_sqrt(jnp.sum(jnp.square(norms))), norms.shape)
+      big = norms > by_norm
+      scale = jnp.where(big, by_norm / jnp.where(big, norms, 1.0), 1.0)
+      leaves = [jnp.where(big[i], _numerics.scale(g, scale[i]), g) for i, g in enumerate(leaves)]
     return treedef.unflatten(leaves), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -146,30 +142,26 @@ def tf_lars(
 ) -> optax.GradientTransformationExtraArgs:
   r"""TensorFlow Model Garden's LARS (``tfm.optimization.lars.LARS``), same defaults.
 
-  Per leaf :math:`w` named by its '/'-joined path (`lars_jax.masks.path_str`, e.g.
-  ``params/Dense_0/kernel``), gradient :math:`g`, step :math:`c = 0, 1, \dots`:
+  Per leaf :math:`w` named by its '/'-joined path (`lars_jax.masks.path_str`), gradient
+  :math:`g`, step :math:`c = 0, 1, \dots`:
 
   1. Keras clipping of the raw gradients (`keras_clip`).
-  2. :math:`g \leftarrow g + \lambda w`, unless :math:`\lambda = 0` or a pattern of
-     `exclude_from_weight_decay` is found in the name (``re.search``).
-  3. :math:`\rho(x) = \eta\|w\|/\|x\|` (1 unless both norms are > 0, so a NaN norm
-     falls back to 1 and only the NaN elements stay NaN; 1 also if the name matches
-     `exclude_from_layer_adaptation`, which defaults to `exclude_from_weight_decay`
-     when None or empty: a :math:`\lambda = 0` config still stops adaptation there).
+  2. :math:`g \leftarrow g + \lambda w`, unless a pattern of `exclude_from_weight_decay`
+     is found in the name (``re.search``).
+  3. :math:`\rho(x) = \eta\|w\|/\|x\|`, or 1 unless both norms are > 0 (a NaN norm falls
+     back to 1) or where `exclude_from_layer_adaptation` is found (None or empty: the
+     `exclude_from_weight_decay` patterns, even at :math:`\lambda = 0`).
   4. Classic momentum (default): :math:`v \leftarrow \mu v + \gamma(c)\rho(g) g`,
-     :math:`w \leftarrow w - v` (Nesterov: :math:`w \leftarrow w - (\mu v + \gamma(c)\rho(g) g)`).
-     This is `lars_jax.lars` with ``eps=0``: the learning rate sits inside the buffer.
-  5. Popular momentum (``classic_momentum=False``): :math:`v \leftarrow \mu v + g`,
-     :math:`u = v` (Nesterov: :math:`\mu v + g`), :math:`w \leftarrow w - \gamma(c)\rho(u) u`:
-     the ratio is taken on the momentum direction and the rate sits outside the buffer.
+     :math:`w \leftarrow w - v` (Nesterov: :math:`w \leftarrow w - (\mu v + \gamma(c)\rho(g)
+     g)`), i.e. `lars` with ``eps=0``: ``scale_by_trust_ratio_with_decay,
+     scale_by_learning_rate, trace``.
+  5. Popular momentum: :math:`v \leftarrow \mu v + g`, :math:`u = v` (Nesterov:
+     :math:`\mu v + g`), :math:`w \leftarrow w - \gamma(c)\rho(u) u`: ``add_decayed_weights,
+     trace, scale_by_trust_ratio, scale_by_learning_rate``.
 
-  The chain: ``keras_clip``, then classic: ``scale_by_trust_ratio_with_decay,
-  scale_by_learning_rate, trace``; popular: ``add_decayed_weights, trace,
-  scale_by_trust_ratio, scale_by_learning_rate`` (ratios with
-  ``positive_norms_only=True``, TF's guard). A pattern that matches no
-  parameter raises ``ValueError`` listing real paths (Model Garden ignores it
-  silently; here it is almost always a Keras name such as ``batch_normalization``
-  that your JAX model spells ``BatchNorm_0``).
+  Ratios use ``positive_norms_only=True`` (TF's guard). A pattern that matches no
+  parameter raises ``ValueError`` listing real paths (Model Garden ignores it; it is
+  usually a Keras name such as ``batch_normalization`` that JAX spells ``BatchNorm_0``).
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule (read at 0 on the first step).
@@ -180,21 +172,14 @@ def tf_lars(
     classic_momentum: classic (True) or popular (False) momentum, see above.
     exclude_from_weight_decay: regexes; matching leaves are not decayed.
     exclude_from_layer_adaptation: regexes; matching leaves get :math:`\rho = 1`.
-    clipnorm: Keras per-tensor norm clipping (None: off).
-    clipvalue: Keras elementwise value clipping (None: off).
-    global_clipnorm: Keras global norm clipping (None: off).
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
-    keep_stats: keep per-leaf norms and ratios in the state (`lars_jax.layer_stats`).
+    clipnorm, clipvalue, global_clipnorm: Keras clipping (`keras_clip`; None: off).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
 
   Examples:
-    Popular momentum takes the ratio on the momentum direction, with the learning rate
-    outside the buffer; classic momentum (the default, = `lars_jax.lars` with
-    ``eps=0``) puts the scaled step into the buffer. On the second step, with a new
-    gradient direction, the two differ:
+    On the second step, with a new gradient direction, classic (the scaled step in the
+    buffer) and popular momentum (the ratio on the momentum direction) differ:
 
     >>> import jax.numpy as jnp, optax, lars_jax
     >>> params = {'dense': {'kernel': jnp.array([3.0, 4.0])}}
@@ -220,41 +205,36 @@ def tf_lars(
   _checks.check_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
   _checks.check_scalar("weight_decay_rate", weight_decay_rate, fix="Use 0.0 to disable it.")
-  _checks.check_not_schedule("eeta", eeta)
+  _checks.check_numbers(eeta=eeta)
   _checks.check_scalar("eeta", eeta, fix="0.001 is usual.")
-  _checks.check_bool("nesterov", nesterov)
-  _checks.check_bool("classic_momentum", classic_momentum)
+  _checks.check_bools(nesterov=nesterov, classic_momentum=classic_momentum)
   decay_mask = _exclude_mask(exclude_from_weight_decay, "exclude_from_weight_decay")
-  if exclude_from_layer_adaptation:
-    adapt_mask = _exclude_mask(exclude_from_layer_adaptation, "exclude_from_layer_adaptation")
-  else:
-    _exclude_mask(exclude_from_layer_adaptation, "exclude_from_layer_adaptation")  # type
-    adapt_mask = decay_mask
+  adapt_mask = _exclude_mask(exclude_from_layer_adaptation, "exclude_from_layer_adaptation")
+  adapt_mask = adapt_mask if exclude_from_layer_adaptation else decay_mask
   clip = keras_clip(clipvalue, clipnorm, global_clipnorm, axis_name=axis_name)
   lr = transforms.scale_by_learning_rate(learning_rate)
-  momentum_tx = transforms.trace(momentum, nesterov=nesterov)
+  trace = transforms.trace(momentum, nesterov=nesterov)
   if classic_momentum:
-    decay_and_ratio = transforms.scale_by_trust_ratio_with_decay(
-      weight_decay_rate,
-      eeta,
-      0.0,
-      weight_decay_mask=decay_mask,
-      trust_ratio_mask=adapt_mask,
-      axis_name=axis_name,
-      keep_stats=keep_stats,
-      positive_norms_only=True,
-    )
-    return optax.chain(clip, decay_and_ratio, lr, momentum_tx)
+    ratio = _tf_trust_ratio(weight_decay_rate, eeta, decay_mask, adapt_mask, axis_name, keep_stats)
+    return optax.chain(clip, ratio, lr, trace)
   decay = transforms.add_decayed_weights(weight_decay_rate, mask=decay_mask)
-  ratio = transforms.scale_by_trust_ratio(
-    eeta,
-    0.0,
-    mask=adapt_mask,
+  kw = {"axis_name": axis_name, "keep_stats": keep_stats, "positive_norms_only": True}
+  return optax.chain(
+    clip, decay, trace, transforms.scale_by_trust_ratio(eeta, 0.0, adapt_mask, **kw), lr
+  )
+
+
+def _tf_trust_ratio(weight_decay, eta, decay_mask, adapt_mask, axis_name, keep_stats):
+  """`scale_by_trust_ratio_with_decay` with TF's guard and no eps (`tf_lars`, `byol_lars`)."""
+  return transforms.scale_by_trust_ratio_with_decay(
+    weight_decay,
+    eta,
+    weight_decay_mask=decay_mask,
+    trust_ratio_mask=adapt_mask,
     axis_name=axis_name,
     keep_stats=keep_stats,
     positive_norms_only=True,
   )
-  return optax.chain(clip, decay, momentum_tx, ratio, lr)
 
 
 def byol_lars(
@@ -276,13 +256,10 @@ def byol_lars(
     r = \eta\|w\| / \|u\| \ \text{(1 unless both norms} > 0\text{)}, \qquad
     m \leftarrow \mu m + r u, \qquad w \leftarrow w - \gamma(c)\, m
 
-  The buffer accumulates the ratio-scaled update *without* the learning rate, which
-  multiplies the buffer afterwards (BYOL rebuilds its optimizer with the current rate
-  every step; here the schedule is read at the step count). The chain
+  The learning rate multiplies the buffer, which holds the ratio-scaled updates (BYOL
+  rebuilds its optimizer with the current rate each step): the chain
   ``scale_by_trust_ratio_with_decay(positive_norms_only=True), trace,
-  scale_by_learning_rate``. BYOL's ``weight_decay_filter`` and
-  ``lars_adaptation_filter`` are the two masks (True = decay / adapt); its
-  ``exclude_bias_and_norm`` filter on haiku params is
+  scale_by_learning_rate``. BYOL's ``exclude_bias_and_norm`` filter on haiku params is
   ``masks.exclude_names('b', '.*norm.*/[^/]+', match='component')`` (README, Migrating).
 
   Args:
@@ -292,9 +269,6 @@ def byol_lars(
     eta: the trust coefficient :math:`\eta \ge 0`.
     weight_decay_mask: which leaves to decay (BYOL's ``weight_decay_filter``).
     trust_ratio_mask: which leaves to adapt (BYOL's ``lars_adaptation_filter``).
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
-    keep_stats: keep per-leaf norms and ratios in the state (`lars_jax.layer_stats`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -315,22 +289,13 @@ def byol_lars(
     [-0.00087 -0.00116]
   """
   _checks.check_learning_rate(learning_rate)
-  _checks.check_not_schedule("momentum", momentum)
   _checks.check_momentum("momentum", momentum)
-  _checks.check_not_schedule("eta", eta)
+  _checks.check_numbers(eta=eta)
+  ratio = _tf_trust_ratio(
+    weight_decay, eta, weight_decay_mask, trust_ratio_mask, axis_name, keep_stats
+  )
   return optax.chain(
-    transforms.scale_by_trust_ratio_with_decay(
-      weight_decay,
-      eta,
-      0.0,
-      weight_decay_mask=weight_decay_mask,
-      trust_ratio_mask=trust_ratio_mask,
-      axis_name=axis_name,
-      keep_stats=keep_stats,
-      positive_norms_only=True,
-    ),
-    transforms.trace(momentum),
-    transforms.scale_by_learning_rate(learning_rate),
+    ratio, transforms.trace(momentum), transforms.scale_by_learning_rate(learning_rate)
   )
 
 
@@ -352,12 +317,10 @@ def flax_lars(
     r = \eta\|w\| / (\|g\| + \lambda\|w\| + \epsilon) \ \text{(1 where a norm is 0)},
     \qquad v \leftarrow \beta v + \gamma(c)\, r\,(g + \lambda w), \qquad w \leftarrow w - v
 
-  (Nesterov: :math:`w \leftarrow w - (\gamma(c) r (g + \lambda w) + \beta v)`). The
-  sum of the norms, on the raw gradient; every leaf is adapted, and a zero gradient
-  still takes the decay step :math:`\gamma\lambda w` at ratio 1. The learning rate
-  sits inside the buffer. The chain ``scale_by_sum_norms_trust_ratio(guard='flax',
-  adapt_without_decay=True), scale_by_learning_rate, trace``. The zero guard is
-  flax's since September 2020 (the version optax was tested against); flax.optim's
+  (Nesterov: :math:`w \leftarrow w - (\gamma(c) r (g + \lambda w) + \beta v)`). Every
+  leaf is adapted; a zero gradient still takes the decay step at ratio 1 (flax's guard
+  since September 2020). The chain ``scale_by_sum_norms_trust_ratio(guard='flax',
+  adapt_without_decay=True), scale_by_learning_rate, trace``; flax.optim's
   ``MultiOptimizer`` is `optax.multi_transform` (README, Migrating: MLPerf).
 
   Args:
@@ -367,9 +330,6 @@ def flax_lars(
     trust_coefficient: :math:`\eta \ge 0`.
     eps: :math:`\epsilon \ge 0`.
     nesterov: Nesterov momentum.
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
-    keep_stats: keep per-leaf norms and ratios in the state (`lars_jax.layer_stats`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -387,18 +347,10 @@ def flax_lars(
     [-0. -0.]
   """
   _checks.check_learning_rate(learning_rate)
-  _checks.check_not_schedule("beta", beta)
   _checks.check_momentum("beta", beta)
-  return optax.chain(
-    scale_by_sum_norms_trust_ratio(
-      trust_coefficient,
-      weight_decay,
-      eps,
-      adapt_without_decay=True,
-      guard="flax",
-      axis_name=axis_name,
-      keep_stats=keep_stats,
-    ),
-    transforms.scale_by_learning_rate(learning_rate),
-    transforms.trace(beta, nesterov=nesterov),
+  stats = {"axis_name": axis_name, "keep_stats": keep_stats}
+  rewrite = scale_by_sum_norms_trust_ratio(
+    trust_coefficient, weight_decay, eps, adapt_without_decay=True, guard="flax", **stats
   )
+  trace = transforms.trace(beta, nesterov=nesterov)
+  return optax.chain(rewrite, transforms.scale_by_learning_rate(learning_rate), trace)

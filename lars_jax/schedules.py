@@ -104,10 +104,7 @@ def warmup_polynomial_decay(
 
 
 def warmup_piecewise_constant(
-  base_value: float,
-  boundaries: Sequence[int],
-  factors: Sequence[float],
-  warmup_steps: int = 0,
+  base_value: float, boundaries: Sequence[int], factors: Sequence[float], warmup_steps: int = 0
 ) -> optax.Schedule:
   r"""Step decay: ``base_value * factors[i]`` once the count reaches ``boundaries[i]``.
 
