@@ -36,9 +36,8 @@ def keras_clip(
   *,
   axis_name: AxisNames = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Gradient clipping as a Keras optimizer's ``clipvalue``/``clipnorm``/``global_clipnorm``.
-
-  Applied in Keras' order, each only when given (``None`` disables it):
+  r"""Gradient clipping as a Keras optimizer's ``clipvalue``/``clipnorm``/``global_clipnorm``,
+  in Keras' order, each only when given:
 
   .. math::
 
@@ -47,7 +46,7 @@ def keras_clip(
     g &\leftarrow g \cdot c_g / \max(N, c_g), \qquad N = \sqrt{\textstyle\sum_\ell \|g_\ell\|^2}
 
   ``clipnorm`` and ``global_clipnorm`` exclude each other, as in Keras. A leaf within
-  the bound is returned unchanged (no rounding). Norms are in float32 or wider.
+  the bound is returned unchanged.
 
   Args:
     clipvalue: :math:`c_v \ge 0`, the elementwise bound (real leaves only).
@@ -77,9 +76,7 @@ def keras_clip(
     )
   by_norm = clipnorm if clipnorm is not None else global_clipnorm
 
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
+  init_fn = lambda params: optax.EmptyState()
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -142,8 +139,7 @@ def tf_lars(
 ) -> optax.GradientTransformationExtraArgs:
   r"""TensorFlow Model Garden's LARS (``tfm.optimization.lars.LARS``), same defaults.
 
-  Per leaf :math:`w` named by its '/'-joined path (`lars_jax.masks.path_str`), gradient
-  :math:`g`, step :math:`c = 0, 1, \dots`:
+  Per leaf :math:`w` named by its '/'-joined path, gradient :math:`g`, step :math:`c`:
 
   1. Keras clipping of the raw gradients (`keras_clip`).
   2. :math:`g \leftarrow g + \lambda w`, unless a pattern of `exclude_from_weight_decay`
@@ -159,14 +155,13 @@ def tf_lars(
      :math:`\mu v + g`), :math:`w \leftarrow w - \gamma(c)\rho(u) u`: ``add_decayed_weights,
      trace, scale_by_trust_ratio, scale_by_learning_rate``.
 
-  Ratios use ``positive_norms_only=True`` (TF's guard). A pattern that matches no
-  parameter raises ``ValueError`` listing real paths (Model Garden ignores it; it is
-  usually a Keras name such as ``batch_normalization`` that JAX spells ``BatchNorm_0``).
+  Ratios use TF's guard (``positive_norms_only=True``). A pattern that matches no
+  parameter raises ``ValueError`` listing real paths (Model Garden ignores it).
 
   Args:
-    learning_rate: :math:`\gamma \ge 0`, or a schedule (read at 0 on the first step).
+    learning_rate: :math:`\gamma \ge 0`, or a schedule.
     momentum: :math:`\mu \in [0, 1)`.
-    weight_decay_rate: :math:`\lambda \ge 0`, or a schedule (Keras takes a number).
+    weight_decay_rate: :math:`\lambda \ge 0`, or a schedule.
     eeta: the trust coefficient :math:`\eta \ge 0`.
     nesterov: Nesterov momentum.
     classic_momentum: classic (True) or popular (False) momentum, see above.
@@ -178,9 +173,6 @@ def tf_lars(
     An `optax.GradientTransformationExtraArgs`.
 
   Examples:
-    On the second step, with a new gradient direction, classic (the scaled step in the
-    buffer) and popular momentum (the ratio on the momentum direction) differ:
-
     >>> import jax.numpy as jnp, optax, lars_jax
     >>> params = {'dense': {'kernel': jnp.array([3.0, 4.0])}}
     >>> grads = [{'dense': {'kernel': jnp.array([1.0, 0.0])}},
@@ -190,7 +182,7 @@ def tf_lars(
     ...   state = tx.init(params)
     ...   for g in grads:
     ...     u, state = tx.update(g, state, params)
-    ...   print(classic, u['dense']['kernel'])
+    ...   print(classic, u['dense']['kernel'])  # the second step differs
     True [-0.45 -0.5 ]
     False [-0.33448 -0.37165]
     >>> lars_jax.tf_lars(exclude_from_weight_decay=['bias']).init(params)
@@ -256,11 +248,9 @@ def byol_lars(
     r = \eta\|w\| / \|u\| \ \text{(1 unless both norms} > 0\text{)}, \qquad
     m \leftarrow \mu m + r u, \qquad w \leftarrow w - \gamma(c)\, m
 
-  The learning rate multiplies the buffer, which holds the ratio-scaled updates (BYOL
-  rebuilds its optimizer with the current rate each step): the chain
+  The learning rate multiplies the buffer of ratio-scaled updates: the chain
   ``scale_by_trust_ratio_with_decay(positive_norms_only=True), trace,
-  scale_by_learning_rate``. BYOL's ``exclude_bias_and_norm`` filter on haiku params is
-  ``masks.exclude_names('b', '.*norm.*/[^/]+', match='component')`` (README, Migrating).
+  scale_by_learning_rate``. BYOL's ``exclude_bias_and_norm``: README, Migrating.
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule (BYOL: warm-up + cosine).
@@ -274,8 +264,7 @@ def byol_lars(
     An `optax.GradientTransformationExtraArgs`.
 
   Examples:
-    Under a warm-up the rate multiplies the whole buffer: step 2 applies 0.2 to
-    both gradients, where `lars` applies 0.1 to the first and 0.2 to the second.
+    Under a warm-up, step 2 applies 0.2 to both gradients (`lars`: 0.1, then 0.2).
 
     >>> import jax.numpy as jnp, optax, lars_jax
     >>> w, g = jnp.array([3.0, 4.0]), jnp.array([0.6, 0.8])  # r = 0.005
@@ -317,11 +306,9 @@ def flax_lars(
     r = \eta\|w\| / (\|g\| + \lambda\|w\| + \epsilon) \ \text{(1 where a norm is 0)},
     \qquad v \leftarrow \beta v + \gamma(c)\, r\,(g + \lambda w), \qquad w \leftarrow w - v
 
-  (Nesterov: :math:`w \leftarrow w - (\gamma(c) r (g + \lambda w) + \beta v)`). Every
-  leaf is adapted; a zero gradient still takes the decay step at ratio 1 (flax's guard
-  since September 2020). The chain ``scale_by_sum_norms_trust_ratio(guard='flax',
-  adapt_without_decay=True), scale_by_learning_rate, trace``; flax.optim's
-  ``MultiOptimizer`` is `optax.multi_transform` (README, Migrating: MLPerf).
+  (Nesterov: :math:`w \leftarrow w - (\gamma(c) r (g + \lambda w) + \beta v)`): the
+  chain ``scale_by_sum_norms_trust_ratio(guard='flax', adapt_without_decay=True),
+  scale_by_learning_rate, trace``, with flax's zero guard of September 2020.
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule.
@@ -335,8 +322,7 @@ def flax_lars(
     An `optax.GradientTransformationExtraArgs`.
 
   Examples:
-    A zero gradient with weight decay: `flax_lars` still decays the leaf (ratio 1);
-    `torch_lars` (Lightning Flash) passes the zero through.
+    A zero gradient: `flax_lars` still decays the leaf; `torch_lars` passes it through.
 
     >>> import jax.numpy as jnp, lars_jax
     >>> w, g = jnp.array([3.0, 4.0]), jnp.zeros(2)

@@ -1,11 +1,6 @@
-r"""MLPerf-style learning-rate schedules, built from optax schedules.
-
-Each function returns an optax schedule: a function of the step count ``c = 0, 1, ...``
-(the count *before* the update, so the first update reads ``schedule(0)``). Both start
-with an optional linear warm-up from 0 (`optax.linear_schedule`) and are joined to what
-follows with `optax.join_schedules`; they add only argument checks and the MLPerf
-conventions. The YAML-able schedule configs of `lars_jax.OptimizerConfig` live in
-`lars_jax.config`.
+"""MLPerf-style learning-rate schedules, built from optax schedules: functions of the step
+count ``c = 0, 1, ...`` (the first update reads ``schedule(0)``), with an optional linear
+warm-up from 0 joined by `optax.join_schedules`. Their YAML configs are in `lars_jax.config`.
 """
 
 from __future__ import annotations
@@ -64,16 +59,13 @@ def warmup_polynomial_decay(
       \gamma_e + (\gamma_0 - \gamma_e)\,(1 - \min(c - W, D) / D)^p & c \ge W
     \end{cases}
 
-  so the peak :math:`\gamma_0` is reached at :math:`c = W` and the rate never quite
-  reaches :math:`\gamma_e` within :math:`T` steps. ``warmup_steps=0`` starts at the peak.
-  This is ``optax.join_schedules`` of ``optax.linear_schedule(0, peak, W)``,
-  ``optax.polynomial_schedule(peak, end, power, D)`` and, from :math:`c = W + D` on,
-  ``optax.constant_schedule(end)`` (which keeps a fractional power finite under `jit`).
+  so the peak is reached at :math:`c = W` and :math:`\gamma_e` is not quite reached
+  within :math:`T` steps; from :math:`c = W + D` on, the rate is the constant
+  :math:`\gamma_e` (which keeps a fractional power finite under `jit`).
 
   Args:
     peak_value: :math:`\gamma_0 \ge 0`.
-    warmup_steps: :math:`W \ge 0`; may be fractional, as MLPerf's arithmetic gives
-      (18 epochs of 39.25 steps: 706.5).
+    warmup_steps: :math:`W \ge 0`; may be fractional (MLPerf: 18 epochs of 39.25 steps).
     total_steps: :math:`T > W`, the number of training steps (may be fractional).
     end_value: :math:`\gamma_e \ge 0` (MLPerf ResNet-50: 1e-4).
     power: :math:`p > 0` (MLPerf: 2).
@@ -113,9 +105,7 @@ def warmup_piecewise_constant(
     \gamma(c) = \gamma_0 \, f_k, \quad k = \#\{i : c \ge b_i\}, \quad f_0 = 1
 
   after a linear warm-up :math:`\gamma_0 c / W` for :math:`c < W`. The factors are
-  relative to `base_value`, not to the previous piece (``[0.1, 0.01]``, not
-  ``[0.1, 0.1]``). This is `optax.join_schedules` of `optax.constant_schedule` pieces
-  (`optax.piecewise_constant_schedule` multiplies factors, which cannot follow a 0).
+  relative to `base_value` (``[0.1, 0.01]``), unlike `optax.piecewise_constant_schedule`.
 
   Args:
     base_value: :math:`\gamma_0 \ge 0`.

@@ -40,9 +40,8 @@ def scale_by_sum_norms_trust_ratio(
 ) -> optax.GradientTransformationExtraArgs:
   r"""The PyTorch LARS gradient rewrite: decay and scale by a sum-of-norms ratio.
 
-  For each leaf with parameter :math:`w` and raw gradient :math:`g`, at step :math:`c`,
-  with :math:`\lambda_\ell = \lambda(c)` where `mask` is True and 0 elsewhere (a
-  PyTorch parameter group with ``weight_decay=0``):
+  Per leaf :math:`w`, raw gradient :math:`g`, step :math:`c`, with :math:`\lambda_\ell =
+  \lambda(c)` where `mask` is True and 0 elsewhere (a group with ``weight_decay=0``):
 
   .. math::
 
@@ -55,28 +54,21 @@ def scale_by_sum_norms_trust_ratio(
   others pass :math:`g` through. The denominator is the *sum* of the norms, on the raw
   gradient. Where a norm is zero the references differ (`guard`; `lars_jax._numerics`):
 
-  * ``'pytorch'`` (Lightning Flash, Apex LARC): ``!= 0`` tests; where a norm is 0 the
-    leaf passes :math:`g` through, undecayed. A NaN or Inf norm makes the leaf NaN (Inf).
-  * ``'timm'``: :math:`r = 1` unless both norms are > 0 (a NaN norm too: only the NaN
-    elements stay NaN); the decay is still added and the clip applies to that 1.
-  * ``'flax'`` (flax.optim): :math:`r = 1` where a norm is exactly 0, the decay is
-    still added; a NaN norm makes the whole leaf NaN.
-
-  A Python ``weight_decay`` of 0 without `adapt_without_decay` makes this the identity.
+  * ``'pytorch'`` (Flash, Apex LARC): where a norm is 0, :math:`g` passes through.
+  * ``'timm'``: :math:`r = 1` unless both norms are > 0 (NaN too); decay still added.
+  * ``'flax'``: :math:`r = 1` where a norm is exactly 0; decay still added.
 
   Args:
     trust_coefficient: :math:`\eta \ge 0`.
     weight_decay: :math:`\lambda \ge 0`, or a schedule.
     eps: :math:`\epsilon \ge 0`, added to the denominator.
     mask: which leaves are in the decayed group (see `lars_jax.masks`); None: all.
-    adapt_without_decay: adapt leaves whose decay is 0 too (LARC, timm's
-      ``always_adapt``, flax.optim).
-    clip_learning_rate: :math:`\gamma` for LARC's clip mode and timm's
-      ``trust_clip`` (None: no clip).
+    adapt_without_decay: adapt leaves whose decay is 0 too (LARC, timm, flax.optim).
+    clip_learning_rate: :math:`\gamma` for LARC's and timm's clip (None: no clip).
     guard: the zero-norm rule, see above.
-    axis_name: mesh axes each leaf is split over (see `scale_by_trust_ratio`).
-    keep_stats: keep :math:`\|w\|`, :math:`\|g\|` and the applied factor (1 where
-      the leaf passed through) per adaptable leaf in the state (`lars_jax.layer_stats`).
+    axis_name: as in `scale_by_trust_ratio`.
+    keep_stats: keep :math:`\|w\|`, :math:`\|g\|` and the applied factor (1 where the
+      leaf passed through) in the state (`lars_jax.layer_stats`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -175,10 +167,9 @@ def torch_lars(
       \qquad d \leftarrow d + \mu b \text{ (Nesterov) or } b \\
     w &\leftarrow w - \gamma(c)\, d
 
-  The chain ``scale_by_sum_norms_trust_ratio, torch_trace, scale_by_learning_rate``
-  (the learning rate *after* the momentum). Leaves where `weight_decay_mask` is False
-  are a group with ``weight_decay=0``: neither decayed nor adapted. The defaults
-  (:math:`\lambda = \mu = 0`) give plain SGD, as Flash; a Python ``momentum=0`` keeps no buffer.
+  The chain ``scale_by_sum_norms_trust_ratio, torch_trace, scale_by_learning_rate``.
+  Leaves where `weight_decay_mask` is False (a group with ``weight_decay=0``) are
+  neither decayed nor adapted.
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule (read at 0 on the first step).
@@ -194,9 +185,7 @@ def torch_lars(
     An `optax.GradientTransformationExtraArgs`.
 
   Examples:
-    The ratio divides by :math:`\|g\| + \lambda\|w\|`, not :math:`\|g + \lambda w\|`
-    as in `lars_jax.lars`, and the learning rate comes after the momentum. With
-    :math:`w = (3, 4)`, :math:`g = (0.4, -0.3)` (orthogonal to :math:`w`), :math:`\lambda = 0.1`:
+    The ratio divides by :math:`\|g\| + \lambda\|w\|`, `lars` by :math:`\|g + \lambda w\|`:
 
     >>> import jax.numpy as jnp, lars_jax
     >>> w, g = jnp.array([3.0, 4.0]), jnp.array([0.4, -0.3])
@@ -206,10 +195,6 @@ def torch_lars(
     ...   print(u)  # torch_lars: 0.005 / 1.0 * (0.7, 0.1); lars: 0.005 / 0.7071 * (0.7, 0.1)
     [-0.0035 -0.0005]
     [-0.00495 -0.00071]
-
-  References:
-    You, Gitman & Ginsburg, `Large Batch Training of Convolutional Networks
-    <https://arxiv.org/abs/1708.03888>`_, 2017.
   """
   _checks.check_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
@@ -262,8 +247,7 @@ def larc(
     An `optax.GradientTransformationExtraArgs`.
 
   Examples:
-    Clip mode caps each layer's rate at the global one: a layer whose ratio is above
-    the learning rate takes plain SGD steps, one below it is slowed down.
+    Clip mode caps each layer's rate at the global one:
 
     >>> import jax.numpy as jnp, optax, lars_jax
     >>> params = {'big': jnp.array([30.0, 40.0]), 'small': jnp.array([0.3, 0.4])}
@@ -316,10 +300,8 @@ def timm_lars(
     b &= d \ \text{(first step)}, \quad b \leftarrow \mu b + (1 - \tau) d, \qquad
     w \leftarrow w - \gamma(c)\,(b \text{, or } d + \mu b \text{ with Nesterov})
 
-  Unlike `torch_lars`, a zero gradient still takes the decay step at ratio 1 (clipped
-  too), and a NaN norm gives ratio 1. The chain ``scale_by_sum_norms_trust_ratio(guard=
-  'timm'), torch_trace, scale_by_learning_rate``. timm's two parameter groups are
-  `weight_decay_mask`, e.g. ``masks.min_ndim(2)``.
+  The chain ``scale_by_sum_norms_trust_ratio(guard='timm'), torch_trace,
+  scale_by_learning_rate``; timm's two parameter groups are `weight_decay_mask`.
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule.

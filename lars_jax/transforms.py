@@ -49,9 +49,8 @@ def add_decayed_weights(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adds decoupled weight decay to the updates: :math:`u = g + \lambda w`.
 
-  Leaves where `mask` is False pass through. Step :math:`c = 0, 1, \dots` uses
-  :math:`\lambda(c)`. A Python ``0`` skips the computation; a traced or array zero adds
-  :math:`0 \cdot w`, as `optax.add_decayed_weights`.
+  Step :math:`c = 0, 1, \dots` uses :math:`\lambda(c)`. A Python ``0`` skips the work; a
+  traced or array zero adds :math:`0 \cdot w`, as `optax.add_decayed_weights`.
 
   Args:
     weight_decay: the rate :math:`\lambda \ge 0`, or a schedule ``count -> rate``.
@@ -109,22 +108,17 @@ def scale_by_trust_ratio(
       \eta \, \|w\| / (\|u\| + \epsilon) & \text{otherwise}
     \end{cases}, \qquad u \leftarrow r\,u
 
-  with :math:`\|\cdot\|` the L2 norm of the whole leaf (the modulus for complex leaves).
-  A zero norm never gives NaN or Inf; a NaN or Inf in :math:`w` or :math:`u` makes the
-  leaf's update NaN (or Inf), as in optax. Leaves where `mask` is False pass through.
-  Same numbers as `optax.scale_by_trust_ratio` with ``min_norm=0``.
-
-  Under `shard_map`, `axis_name` gives the mesh axes each leaf is *split* over (a name,
-  tuple, `PartitionSpec`, or a pytree prefix of these such as the params' `PartitionSpec`
-  tree; None for replicated leaves and under `jit`/pjit), so that norms are summed across
-  devices (README: "shard_map: the `axis_name` rule"). With ``check_vma`` (JAX's default)
-  a leaf that varies over an axis it is not given raises ``ValueError`` naming it.
+  with :math:`\|\cdot\|` the L2 norm of the whole leaf (the modulus if complex); a NaN or
+  Inf norm makes the leaf's update NaN (or Inf). Same numbers as
+  `optax.scale_by_trust_ratio` with ``min_norm=0``.
 
   Args:
-    trust_coefficient: :math:`\eta`, the trust coefficient (``>= 0``).
+    trust_coefficient: :math:`\eta \ge 0`.
     eps: :math:`\epsilon \ge 0`, added to the update norm.
     mask: which leaves to scale (see `lars_jax.masks`); None scales all.
-    axis_name: mesh axes to sum squared norms over (see above).
+    axis_name: under `shard_map`, the mesh axes each leaf is *split* over: a name, tuple,
+      `PartitionSpec` or a pytree prefix of these, e.g. the params' `PartitionSpec` tree
+      (README: "shard_map: the `axis_name` rule"). None for replicated leaves, under pjit.
     keep_stats: keep each adapted leaf's norms and ratio in the state (`LayerStats`,
       read with `lars_jax.layer_stats`); no extra reduction.
     positive_norms_only: TF Model Garden's guard: the ratio is 1 unless both norms are
@@ -172,10 +166,8 @@ def scale_by_trust_ratio_with_decay(
     u \leftarrow r\,u \ \text{(where trust\_ratio\_mask)}, \quad
     r = \eta \|w\| / (\|u\| + \epsilon) \text{ (1 where a norm is 0)}
 
-  Same numbers as the chain of the two (with one count for a weight-decay schedule).
-  One transform because under `jit` XLA would materialise :math:`u` (two consumers: its
-  norm and the scaled update), a parameter-sized temporary; here the norm reads :math:`g`
-  and :math:`w` directly (`_norm_source`; benchmarks/README.md).
+  Same numbers as the chain of the two, without its parameter-sized temporary under
+  `jit`: the norm reads :math:`g` and :math:`w` directly (`_norm_source`).
 
   Args:
     weight_decay: :math:`\lambda \ge 0`, or a schedule ``count -> rate``.
@@ -222,8 +214,7 @@ def _trust_ratio_transform(
   keep_stats: bool,
   positive_norms_only: bool,
 ) -> optax.GradientTransformationExtraArgs:
-  """The one implementation behind `scale_by_trust_ratio(_with_decay)`; `mask_args`
-  are the factory's names for the two masks (for error messages)."""
+  """Behind `scale_by_trust_ratio(_with_decay)`; `mask_args`: the factory's mask names."""
   decay_arg, ratio_arg = mask_args
   _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable weight decay.")
   _checks.check_numbers(trust_coefficient=trust_coefficient, eps=eps)
@@ -287,8 +278,7 @@ def scale_by_learning_rate(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Multiplies updates by :math:`-\gamma` (or :math:`+\gamma` with ``flip_sign=False``).
 
-  Update :math:`c = 0, 1, \dots` uses :math:`\gamma(c)` (the first reads ``schedule(0)``,
-  as optax). The product is taken in float32 or wider, then cast to the update's dtype.
+  Update :math:`c = 0, 1, \dots` uses :math:`\gamma(c)`, multiplied in float32 or wider.
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule ``count -> rate``.
@@ -310,9 +300,7 @@ def scale_by_learning_rate(
   _checks.check_bools(flip_sign=flip_sign)
   sign = -1.0 if flip_sign else 1.0
 
-  def init_fn(params):
-    del params
-    return _tree.count_state(callable(learning_rate))
+  init_fn = lambda params: _tree.count_state(callable(learning_rate))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -327,8 +315,7 @@ def trace(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Momentum: :math:`t \leftarrow x + \mu t`; outputs :math:`t` (Nesterov: :math:`x + \mu t`).
 
-  The buffer starts at zero. Same numbers as `optax.trace`, summed in float32 or wider.
-  PyTorch's momentum (dampening, buffer copied on the first step) is `torch_trace`.
+  The buffer starts at zero. Same numbers as `optax.trace` (PyTorch's: `torch_trace`).
 
   Args:
     decay: the momentum :math:`\mu \in [0, 1)`.
@@ -379,9 +366,8 @@ def torch_trace(
   :math:`t \leftarrow \mu t + (1 - \tau) x`; outputs :math:`t` (Nesterov:
   :math:`x + \mu t`).
 
-  A Python ``decay`` of 0 is the identity; while an array ``decay`` is 0
-  (`optax.inject_hyperparams`) the input passes through and neither the buffer nor the
-  count moves, as PyTorch never touches a buffer while momentum is 0.
+  A Python ``decay`` of 0 is the identity; while an array ``decay`` is 0 the input
+  passes through and neither buffer nor count moves, as in PyTorch.
 
   Args:
     decay: the momentum :math:`\mu \in [0, 1)`.
@@ -402,8 +388,8 @@ def torch_trace(
     Array([1.4], dtype=float32)
   """
   name = "torch_trace"
-  _checks.check_numbers(decay=decay, dampening=dampening)
   _checks.check_momentum("decay", decay)
+  _checks.check_numbers(dampening=dampening)
   _checks.check_scalar("dampening", dampening, upper=1.0, upper_inclusive=True)
   _checks.check_bools(nesterov=nesterov)
   acc_dtype = _checks.accumulator_dtype(accumulator_dtype)
