@@ -118,9 +118,3 @@ def check_float_leaves(transform: str, tree: Any) -> None:
         "needs floating-point (or complex) parameters. Cast it to a float dtype, or keep it "
         "out of the optimizer (e.g. optax.multi_transform with optax.set_to_zero for it)."
       )
-
-
-def no_params_error(transform: str) -> ValueError:
-  return ValueError(
-    f"{transform} needs the current parameters: call `tx.update(updates, state, params)`."
-  )

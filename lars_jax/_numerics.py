@@ -34,11 +34,6 @@ def wide_dtype(dtype: Any) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def real_wide_dtype(dtype: Any) -> jnp.dtype:
-  """`wide_dtype` of the real part (float32 for complex64)."""
-  return jnp.finfo(wide_dtype(dtype)).dtype
-
-
 def scale(u: jax.Array, s: jax.Array | float) -> jax.Array:
   """`u * s` computed in wide precision, in `u`'s dtype."""
   return (u.astype(wide_dtype(u.dtype)) * s).astype(u.dtype)
@@ -183,18 +178,9 @@ def sq_norms(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
   return jnp.concatenate(pieces)[jnp.asarray(np.argsort(order))]  # back to leaf order
 
 
-def _device_sets(leaves: Sequence[Any]) -> set[frozenset[Any]]:
-  """The device sets of the concrete (not traced) arrays among `leaves`."""
-  return {
-    frozenset(x.sharding.device_set)
-    for x in leaves
-    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
-  }
-
-
 def norm_dtype(leaves: Sequence[Any]) -> jnp.dtype:
   """The dtype of the norms of `leaves`: float32, or float64 if any leaf is float64."""
-  return jnp.result_type(jnp.float32, *[real_wide_dtype(x.dtype) for x in leaves])
+  return jnp.result_type(jnp.float32, *[jnp.finfo(wide_dtype(x.dtype)).dtype for x in leaves])
 
 
 def layer_norms(
@@ -207,7 +193,8 @@ def layer_norms(
   if n == 0:
     return [jnp.zeros((0,), jnp.float32) for _ in leaf_lists]
   dtype = norm_dtype([x for leaves in leaf_lists for x in leaves])
-  if len(_device_sets([x for leaves in leaf_lists for x in leaves])) > 1:
+  concrete = [x for xs in leaf_lists for x in xs if not isinstance(x, jax.core.Tracer)]
+  if len({frozenset(x.sharding.device_set) for x in concrete if isinstance(x, jax.Array)}) > 1:
     # Outside `jit`, leaves on different devices: each squared norm on its leaf's device,
     # gathered on the host, returned uncommitted (each ratio follows its leaf).
     sq = [np.stack([np.asarray(sq_norm(x).astype(dtype)) for x in leaves]) for leaves in leaf_lists]

@@ -44,11 +44,6 @@ def check_shapes(
       )
 
 
-def resolve_mask(name: str, mask: masks_lib.Mask, params: Any, arg: str) -> list[bool]:
-  """`mask` (the factory argument `arg` of transform `name`) as one bool per leaf."""
-  return masks_lib.resolve(mask, params, arg=arg, owner=name)
-
-
 def flat_update_args(
   name: str, updates: Any, params: Any, mask: masks_lib.Mask, arg: str = "mask"
 ) -> tuple[list[Any], list[Any], Any, list[bool]]:
@@ -57,12 +52,14 @@ def flat_update_args(
   raises if `params` is missing, does not match, holds non-float leaves or `mask` does
   not fit."""
   if params is None:
-    raise _checks.no_params_error(name)
+    raise ValueError(
+      f"{name} needs the current parameters: call `tx.update(updates, state, params)`."
+    )
   u_leaves, treedef = jax.tree.flatten(updates)
   p_leaves = flatten_like(params, treedef, "params", name)
   check_shapes(name, updates, u_leaves, p_leaves, "parameter")
   _checks.check_float_leaves(name, params)
-  return u_leaves, p_leaves, treedef, resolve_mask(name, mask, params, arg)
+  return u_leaves, p_leaves, treedef, masks_lib.resolve(mask, params, arg=arg, owner=name)
 
 
 def init_bits(name: str, mask: masks_lib.Mask, params: Any, arg: str) -> list[bool]:

@@ -306,18 +306,11 @@ class OptimizerConfig(ParamsDict):
   ``kind`` is ``'lars'``, ``'tf_lars'``, ``'torch_lars'`` or an optax optimizer (``'sgd'``,
   ``'optax.adamw'``...); ``options`` are its other keyword arguments, checked on creation.
 
-  A parameter's learning rate is ``lr`` (or ``schedule`` with base ``lr``) times the
-  ``scale`` of every rule that selects it. Its weight decay is ``weight_decay``, or the
-  ``value`` of the one rule that sets it, or 0 under a default exclusion (last path
-  component ``bias``; ``ndim <= 1``), times ``weight_decay_schedule(c) / weight_decay``.
-  For the LARS kinds, no weight decay means no layer adaptation while
-  ``exclude_from_adaptation_follows_weight_decay`` (always for ``torch_lars``).
-  Optimizers without a ``weight_decay`` argument get ``optax.add_decayed_weights``
-  first. ``clip_grad_value``, then ``clip_grad_norm``, clip the raw gradients.
-  `build` runs one optimizer per group of equal (scale, weight decay, adaptation) in
-  `optax.multi_transform`. A rule that selects nothing, two that set one parameter's
-  weight decay, or a ``value`` under a default exclusion raise ``ValueError`` at
-  ``init``; `param_groups` shows the resolution.
+  A parameter's learning rate is ``lr`` (or ``schedule``) times the ``scale`` of every
+  rule that selects it; its weight decay is ``weight_decay``, the ``value`` of the rule
+  that sets it, or 0 under a default exclusion (``bias``; ``ndim <= 1``). The LARS kinds
+  adapt no leaf without weight decay while ``exclude_from_adaptation_follows_weight_decay``.
+  `param_groups` shows the resolution (README: Configs in YAML).
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
@@ -453,12 +446,9 @@ class OptimizerConfig(ParamsDict):
   def build(
     self, *, axis_name: AxisNames = None, keep_stats: bool = False
   ) -> optax.GradientTransformationExtraArgs:
-    """The optimizer: clipping, then one optimizer per parameter group.
-
-    The first ``init`` on a tree structure resolves the rules (they depend on paths and
-    ranks) and builds the `optax.multi_transform`; later calls on it reuse it.
-    `axis_name` and `keep_stats` go to the LARS kinds (as in `lars_jax.lars`).
-    """
+    """The optimizer: clipping, then `optax.multi_transform` of one optimizer per group
+    (built at the first ``init`` on a tree structure); `axis_name` and `keep_stats` go to
+    the LARS kinds (as in `lars_jax.lars`)."""
     if self.kind not in _LARS_KINDS and (axis_name is not None or keep_stats is not False):
       arg = "axis_name" if axis_name is not None else "keep_stats"
       raise ValueError(f"build: {arg} is for the LARS kinds; {self.kind!r} takes none.")

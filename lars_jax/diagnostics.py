@@ -26,28 +26,21 @@ def _is_stats(x: Any) -> bool:
 def layer_stats(opt_state: Any) -> dict[str, float]:
   r"""The per-layer statistics kept in an optimizer state, as ``{'<stat>/<path>': float}``.
 
-  Finds every `LayerStats` in `opt_state` (inside `optax.chain`, `masked`,
-  `multi_transform`, `inject_hyperparams`, `MultiSteps`, a Flax NNX optimizer's state)
-  and returns, per adapted leaf, ``param_norm/<path>``, ``update_norm/<path>`` and
-  ``trust_ratio/<path>``: the numbers the last step used (for `lars`: :math:`\|w\|`,
-  :math:`\|g + \lambda w\|`, :math:`r`; for the PyTorch presets the raw-gradient norm
-  and the applied factor), NaN and Inf as they are. A key seen twice (two transforms
-  adapting one leaf) is prefixed with its path in the state. Call it on a concrete
-  state, after the jitted step (one ``jax.device_get``).
+  Finds every `LayerStats` in `opt_state` (in any optax wrapper or Flax NNX state) and
+  returns, per adapted leaf, the norms and ratio the last step used (for `lars`:
+  :math:`\|w\|`, :math:`\|g + \lambda w\|`, :math:`r`), NaN and Inf as they are. A key
+  seen twice is prefixed with its path in the state. Call it outside the jitted step.
 
   Args:
-    opt_state: an optimizer state built with ``keep_stats=True`` (one without
-      statistics raises ``ValueError``; one whose transform adapts no leaf gives ``{}``).
+    opt_state: a state built with ``keep_stats=True`` (else ``ValueError``).
 
   Returns:
-    A dict of Python floats, keys sorted (NumPy arrays with the stacked axes for a
-    state stacked by `jax.vmap`, e.g. several models trained at once).
+    Python floats by sorted key (NumPy arrays for a state stacked by `jax.vmap`).
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
     >>> params = {'conv': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}}
-    >>> tx = lars_jax.lars(0.1, trust_ratio_mask=lars_jax.masks.min_ndim(2),
-    ...                    keep_stats=True)
+    >>> tx = lars_jax.lars(0.1, trust_ratio_mask=lars_jax.masks.min_ndim(2), keep_stats=True)
     >>> grads = {'conv': {'kernel': jnp.full((2, 2), 0.5), 'bias': jnp.ones(2)}}
     >>> _, state = tx.update(grads, tx.init(params), params)
     >>> for key, value in lars_jax.layer_stats(state).items():  # the bias is not adapted
@@ -84,10 +77,6 @@ def layer_stats(opt_state: Any) -> dict[str, float]:
           key = f"{stat}/{masks_lib.path_str(state_path)}/{path}"
         out[key] = value
   values = jax.device_get(out)
-  return {k: _host(values[k]) for k in sorted(values)}
-
-
-def _host(value: Any) -> Any:
-  """A Python float for a scalar; a NumPy array for a state stacked by `jax.vmap`."""
-  value = np.asarray(value)
-  return float(value) if value.ndim == 0 else value
+  # A Python float for a scalar; a NumPy array for a state stacked by `jax.vmap`.
+  values = {k: np.asarray(v) for k, v in values.items()}
+  return {k: float(values[k]) if values[k].ndim == 0 else values[k] for k in sorted(values)}

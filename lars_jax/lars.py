@@ -31,9 +31,8 @@ def lars(
 ) -> optax.GradientTransformationExtraArgs:
   r"""LARS (You, Gitman & Ginsburg, 2017): SGD with layer-wise adaptive rates.
 
-  A drop-in replacement for `optax.lars`: same keywords, same defaults, same numbers.
-  For each leaf (a "layer") with parameter :math:`w`, gradient :math:`g`, step
-  :math:`c = 0, 1, \dots`:
+  A drop-in replacement for `optax.lars` (same keywords, defaults and numbers). Per leaf
+  with parameter :math:`w`, gradient :math:`g`, step :math:`c = 0, 1, \dots`:
 
   .. math::
 
@@ -43,14 +42,8 @@ def lars(
     v &\leftarrow \mu v + \gamma(c)\, r\, u, \qquad
     w \leftarrow w - v \quad (\text{Nesterov: } w \leftarrow w - (\gamma(c) r u + \mu v))
 
-  The numbers of ``optax.chain(add_decayed_weights(weight_decay, weight_decay_mask),
-  scale_by_trust_ratio(trust_coefficient, eps, trust_ratio_mask),
-  scale_by_learning_rate(learning_rate), trace(momentum, nesterov))``, to rebuild, swap
-  a piece or insert your own; `lars` fuses the first two (`scale_by_trust_ratio_with_decay`,
-  no parameter-sized temporary under `jit`). The learning rate is applied *before* the
-  momentum (TF's "classic momentum"). Like optax, the default masks decay and adapt
-  *every* leaf; most recipes exclude biases and normalisation scales: pass
-  ``lars_jax.masks.min_ndim(2)`` (or ``masks.exclude_names('bias', 'norm')``) as both masks.
+  Like optax, the default masks decay and adapt *every* leaf; most recipes pass
+  ``lars_jax.masks.min_ndim(2)`` as both masks (README: Masks).
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or an optax schedule.
@@ -58,17 +51,19 @@ def lars(
     weight_decay_mask: which leaves to decay (see `lars_jax.masks`).
     trust_coefficient: :math:`\eta \ge 0`.
     eps: :math:`\epsilon \ge 0`, added to the update norm.
-    trust_ratio_mask: which leaves to adapt; others take plain momentum-SGD steps.
+    trust_ratio_mask: which leaves to adapt.
     momentum: :math:`\mu \in [0, 1)`.
     nesterov: Nesterov momentum.
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`); None under `jit`/pjit and for replicated params.
+    axis_name: under `shard_map`, the mesh axes each leaf is split over (see
+      `scale_by_trust_ratio`).
     accumulator_dtype: dtype of the momentum buffer (default: the params' dtype).
-    keep_stats: keep each adapted leaf's norms and trust ratio of the last step in the
-      state, for `lars_jax.layer_stats`.
+    keep_stats: keep per-leaf norms and ratios in the state (`lars_jax.layer_stats`).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`.
+    An `optax.GradientTransformationExtraArgs`: ``chain(scale_by_trust_ratio_with_decay,
+    scale_by_learning_rate, trace)``, the numbers of ``chain(add_decayed_weights,
+    scale_by_trust_ratio, scale_by_learning_rate, trace)``: the learning rate is
+    applied *before* the momentum (TF's "classic momentum").
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, lars_jax
@@ -106,10 +101,7 @@ def lars(
 def state_from_optax_lars(optax_state: Any, init_state: Any) -> Any:
   """Continues an `optax.lars` run with `lars_jax.lars`: converts its optimizer state.
 
-  The two compute the same steps with different state trees. This returns `init_state`
-  holding the momentum buffer and schedule counts of `optax_state`, so that training
-  continues bit for bit as with `optax.lars`. Restore an `optax.lars` checkpoint into
-  ``optax.lars(...).init(params)`` first, then convert (README: Checkpoints).
+  Training then continues bit for bit as with `optax.lars` (README: Checkpoints).
 
   Args:
     optax_state: the state of ``optax.lars(...)`` (a 4-tuple).

@@ -1,15 +1,9 @@
 """Masks: which parameters a transform applies to (README: Masks).
 
-Every `mask=` argument in lars_jax (and `optax.masked`) accepts ``None``/``True`` (every
-leaf), ``False`` (none), a pytree of Python bools with the params' structure or a *prefix*
-of it (``{'encoder': True, 'head': False}``), or a callable ``params -> bool pytree`` such
-as the builders below. ``True`` means *apply* (decay / adapt). Masks depend on structure,
-names, shapes and dtypes, never values (static under ``jit``). Paths are key paths joined
-with ``/``, no leading slash (``params/Dense_0/kernel``, ``layers/0/kernel``); an NNX
-``Variable`` adds no component. Inside ``optax.masked``/``multi_transform``, name rules
-count the other partitions' ``optax.MaskedNode`` paths as matches. Under
-``optax.inject_hyperparams``, name callable masks in ``static_args`` (the builders raise a
-``TypeError`` saying so when called on a step counter).
+Every `mask=` argument accepts ``None``/``True`` (every leaf), ``False``, a pytree of
+Python bools shaped like the params or a prefix of them, or a callable ``params -> bool
+pytree`` such as the builders below (``True``: decay / adapt). Paths are key paths joined
+with ``/`` (``params/Dense_0/kernel``; an NNX ``Variable`` adds no component).
 
 Example:
   >>> import jax.numpy as jnp
@@ -81,18 +75,13 @@ def _paths(tree: Any) -> tuple[list[str], list[str], list[str]]:
   return leaves, masked, every
 
 
-def _is_step_counter(x: Any) -> bool:
-  """True for what `optax.inject_hyperparams` passes a schedule: a scalar integer."""
-  if isinstance(x, (bool, np.bool_)):
-    return False
-  if isinstance(x, (int, np.integer)):
-    return True
-  dtype = getattr(x, "dtype", None)
-  return getattr(x, "shape", None) == () and dtype is not None and np.issubdtype(dtype, np.integer)
-
-
 def _check_params(params: Any, name: str) -> None:
-  if _is_step_counter(params):
+  """Raises for what `optax.inject_hyperparams` passes a schedule: a scalar integer."""
+  dtype = getattr(params, "dtype", None)
+  is_int = isinstance(params, (int, np.integer)) or (
+    getattr(params, "shape", None) == () and dtype is not None and np.issubdtype(dtype, np.integer)
+  )
+  if is_int and not isinstance(params, (bool, np.bool_)):
     raise TypeError(
       f"{name}: this mask was called with a step counter ({params!r}), not a params tree: "
       "probably by optax.inject_hyperparams, which calls every callable argument that is "
@@ -128,17 +117,6 @@ def compile_patterns(patterns: str | Sequence[str], arg: str) -> list[re.Pattern
   return compiled
 
 
-def _masked_note(masked: list[str]) -> str:
-  if not masked:
-    return ""
-  return (
-    " Paths of other partitions (optax.MaskedNode) count as matches, but an optax.masked "
-    "mask that is a prefix of the params (`{'backbone': False, ...}`) replaces a whole "
-    "subtree with one MaskedNode and hides the paths below it; give optax.masked a "
-    "per-leaf mask there, e.g. `masks.only_names('^head/')`."
-  )
-
-
 def _matcher(match: MatchMode) -> Callable[[re.Pattern[str], str], bool]:
   """How a pattern is tested against a '/'-joined path."""
   if match == "component":  # the whole of one component, or of a run of them
@@ -172,10 +150,16 @@ def _name_mask(
       if every and not any(h[j] for h in hits) and not any(test(r, n) for n in masked):
         examples = ", ".join(repr(n) for n in every[:6])
         more = f" (and {len(every) - 6} more)" if len(every) > 6 else ""
+        note = (
+          " Paths of other partitions (optax.MaskedNode) count as matches, but an optax.masked "
+          "mask that is a prefix of the params (`{'backbone': False, ...}`) replaces a whole "
+          "subtree with one MaskedNode and hides the paths below it; give optax.masked a "
+          "per-leaf mask there, e.g. `masks.only_names('^head/')`."
+        )
         raise ValueError(
           f"{what}: pattern {r.pattern!r} matches no parameter "
           f"(match={match!r} over '/'-joined paths). Parameter paths look like: "
-          f"{examples}{more}.{_masked_note(masked)}"
+          f"{examples}{more}.{note if masked else ''}"
         )
     values = [any(h) == keep_matches for h in hits]
     return jax.tree_util.tree_unflatten(treedef, values)

@@ -1,14 +1,10 @@
-"""Framework presets: the LARS of TF Model Garden (`tf_lars`, with Keras clipping
-`keras_clip`), DeepMind BYOL (`byol_lars`) and flax.optim (`flax_lars`); the PyTorch family
-is in `lars_jax.torch_presets`.
+"""Framework presets: TF Model Garden (`tf_lars`, Keras clipping `keras_clip`), DeepMind
+BYOL (`byol_lars`), flax.optim (`flax_lars`); the PyTorch family is `lars_jax.torch_presets`.
 
-Each preset is a thin `optax.chain` of the public transforms that gives its reference's
-numbers, zero guards included (README: "How the variants differ"). Numeric
-hyperparameters may be traced (`optax.inject_hyperparams`). Every preset here and in
-`lars_jax.torch_presets` also takes, keyword-only, ``axis_name`` (the mesh axes each leaf
-is split over under `shard_map`, see `scale_by_trust_ratio`) and ``keep_stats`` (keep
-per-leaf norms and ratios in the state, see `lars_jax.layer_stats`); their Args do not
-repeat them.
+Each is a thin `optax.chain` of the public transforms with its reference's numbers, zero
+guards included (README: "How the variants differ"); numeric hyperparameters may be
+traced. Every preset here and in `torch_presets` also takes, keyword-only, ``axis_name``
+(see `scale_by_trust_ratio`) and ``keep_stats`` (see `lars_jax.layer_stats`).
 """
 
 from __future__ import annotations
@@ -142,21 +138,13 @@ def tf_lars(
   Per leaf :math:`w` named by its '/'-joined path, gradient :math:`g`, step :math:`c`:
 
   1. Keras clipping of the raw gradients (`keras_clip`).
-  2. :math:`g \leftarrow g + \lambda w`, unless a pattern of `exclude_from_weight_decay`
-     is found in the name (``re.search``).
-  3. :math:`\rho(x) = \eta\|w\|/\|x\|`, or 1 unless both norms are > 0 (a NaN norm falls
-     back to 1) or where `exclude_from_layer_adaptation` is found (None or empty: the
-     `exclude_from_weight_decay` patterns, even at :math:`\lambda = 0`).
-  4. Classic momentum (default): :math:`v \leftarrow \mu v + \gamma(c)\rho(g) g`,
-     :math:`w \leftarrow w - v` (Nesterov: :math:`w \leftarrow w - (\mu v + \gamma(c)\rho(g)
-     g)`), i.e. `lars` with ``eps=0``: ``scale_by_trust_ratio_with_decay,
-     scale_by_learning_rate, trace``.
-  5. Popular momentum: :math:`v \leftarrow \mu v + g`, :math:`u = v` (Nesterov:
-     :math:`\mu v + g`), :math:`w \leftarrow w - \gamma(c)\rho(u) u`: ``add_decayed_weights,
-     trace, scale_by_trust_ratio, scale_by_learning_rate``.
-
-  Ratios use TF's guard (``positive_norms_only=True``). A pattern that matches no
-  parameter raises ``ValueError`` listing real paths (Model Garden ignores it).
+  2. :math:`g \leftarrow g + \lambda w` unless `exclude_from_weight_decay` matches the
+     name (``re.search``; a pattern that matches no parameter raises).
+  3. :math:`\rho(x) = \eta\|w\|/\|x\|`, 1 unless both norms are > 0 or where
+     `exclude_from_layer_adaptation` (by default `exclude_from_weight_decay`) matches.
+  4. Classic momentum: :math:`v \leftarrow \mu v + \gamma(c)\rho(g) g`, :math:`w \leftarrow
+     w - v` (`lars` with ``eps=0``); popular: :math:`v \leftarrow \mu v + g`, :math:`w
+     \leftarrow w - \gamma(c)\rho(v) v`. Nesterov uses :math:`\mu v` + this step's term.
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule.
@@ -170,7 +158,10 @@ def tf_lars(
     clipnorm, clipvalue, global_clipnorm: Keras clipping (`keras_clip`; None: off).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`.
+    An `optax.GradientTransformationExtraArgs`: classic ``chain(keras_clip,
+    scale_by_trust_ratio_with_decay, scale_by_learning_rate, trace)``; popular
+    ``chain(keras_clip, add_decayed_weights, trace, scale_by_trust_ratio,
+    scale_by_learning_rate)``; ratios with ``positive_norms_only=True``.
 
   Examples:
     >>> import jax.numpy as jnp, optax, lars_jax
@@ -189,10 +180,6 @@ def tf_lars(
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ValueError: exclude_names: pattern 'bias' matches no parameter ...
-
-  References:
-    You, Gitman & Ginsburg, `Large Batch Training of Convolutional Networks
-    <https://arxiv.org/abs/1708.03888>`_, 2017.
   """
   _checks.check_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
@@ -218,15 +205,9 @@ def tf_lars(
 
 def _tf_trust_ratio(weight_decay, eta, decay_mask, adapt_mask, axis_name, keep_stats):
   """`scale_by_trust_ratio_with_decay` with TF's guard and no eps (`tf_lars`, `byol_lars`)."""
-  return transforms.scale_by_trust_ratio_with_decay(
-    weight_decay,
-    eta,
-    weight_decay_mask=decay_mask,
-    trust_ratio_mask=adapt_mask,
-    axis_name=axis_name,
-    keep_stats=keep_stats,
-    positive_norms_only=True,
-  )
+  masks = {"weight_decay_mask": decay_mask, "trust_ratio_mask": adapt_mask}
+  kw = {"axis_name": axis_name, "keep_stats": keep_stats, "positive_norms_only": True}
+  return transforms.scale_by_trust_ratio_with_decay(weight_decay, eta, **masks, **kw)
 
 
 def byol_lars(
@@ -248,9 +229,8 @@ def byol_lars(
     r = \eta\|w\| / \|u\| \ \text{(1 unless both norms} > 0\text{)}, \qquad
     m \leftarrow \mu m + r u, \qquad w \leftarrow w - \gamma(c)\, m
 
-  The learning rate multiplies the buffer of ratio-scaled updates: the chain
-  ``scale_by_trust_ratio_with_decay(positive_norms_only=True), trace,
-  scale_by_learning_rate``. BYOL's ``exclude_bias_and_norm``: README, Migrating.
+  The chain ``scale_by_trust_ratio_with_decay(positive_norms_only=True), trace,
+  scale_by_learning_rate``: the rate multiplies the buffer (README, Migrating: BYOL).
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule (BYOL: warm-up + cosine).

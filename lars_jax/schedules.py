@@ -49,8 +49,7 @@ def warmup_polynomial_decay(
 ) -> optax.Schedule:
   r"""The MLPerf LARS schedule: linear warm-up, then polynomial decay to `end_value`.
 
-  With :math:`W` warm-up steps, :math:`T` total steps and :math:`D = T - W + 1`
-  (MLPerf's ``decay_steps = train_steps - warmup_steps + 1``):
+  With :math:`W` warm-up steps, :math:`T` total steps and MLPerf's :math:`D = T - W + 1`:
 
   .. math::
 
@@ -59,14 +58,13 @@ def warmup_polynomial_decay(
       \gamma_e + (\gamma_0 - \gamma_e)\,(1 - \min(c - W, D) / D)^p & c \ge W
     \end{cases}
 
-  so the peak is reached at :math:`c = W` and :math:`\gamma_e` is not quite reached
-  within :math:`T` steps; from :math:`c = W + D` on, the rate is the constant
-  :math:`\gamma_e` (which keeps a fractional power finite under `jit`).
+  and the constant :math:`\gamma_e` from :math:`c = W + D` on (a fractional power stays
+  finite under `jit`).
 
   Args:
     peak_value: :math:`\gamma_0 \ge 0`.
     warmup_steps: :math:`W \ge 0`; may be fractional (MLPerf: 18 epochs of 39.25 steps).
-    total_steps: :math:`T > W`, the number of training steps (may be fractional).
+    total_steps: :math:`T > W` (may be fractional).
     end_value: :math:`\gamma_e \ge 0` (MLPerf ResNet-50: 1e-4).
     power: :math:`p > 0` (MLPerf: 2).
 
@@ -105,7 +103,7 @@ def warmup_piecewise_constant(
     \gamma(c) = \gamma_0 \, f_k, \quad k = \#\{i : c \ge b_i\}, \quad f_0 = 1
 
   after a linear warm-up :math:`\gamma_0 c / W` for :math:`c < W`. The factors are
-  relative to `base_value` (``[0.1, 0.01]``), unlike `optax.piecewise_constant_schedule`.
+  relative to `base_value`, unlike `optax.piecewise_constant_schedule`'s.
 
   Args:
     base_value: :math:`\gamma_0 \ge 0`.

@@ -1,10 +1,7 @@
 """Optimizer-state shardings from parameter shardings, for pjit, shard_map and orbax.
 
-A state leaf that mirrors a parameter (a momentum buffer) lives where that parameter
-lives; the rest (step counts, ``keep_stats`` scalars) is replicated. Unlike
-`optax.tree_map_params` with ``transform_non_params=lambda _: replicated`` (which gives a
-params-shaped `LayerStats` field one sharding: a prefix of the state), the trees here have
-exactly the state's structure, one sharding per leaf (README: Training on pods).
+A state leaf that mirrors a parameter lives where it lives; the rest (counts,
+``keep_stats`` scalars) is replicated, one sharding per leaf (README: Training on pods).
 """
 
 from __future__ import annotations

@@ -157,8 +157,6 @@ def torch_lars(
 ) -> optax.GradientTransformationExtraArgs:
   r"""The PyTorch LARS of Lightning Flash (SimCLR/BYOL lineage), same defaults.
 
-  Per leaf :math:`w` with raw gradient :math:`g`:
-
   .. math::
 
     d &= \frac{\eta\|w\|}{\|g\| + \lambda\|w\| + \epsilon}\,(g + \lambda w)
@@ -167,9 +165,8 @@ def torch_lars(
       \qquad d \leftarrow d + \mu b \text{ (Nesterov) or } b \\
     w &\leftarrow w - \gamma(c)\, d
 
-  The chain ``scale_by_sum_norms_trust_ratio, torch_trace, scale_by_learning_rate``.
-  Leaves where `weight_decay_mask` is False (a group with ``weight_decay=0``) are
-  neither decayed nor adapted.
+  with :math:`g` the raw gradient. Leaves where `weight_decay_mask` is False (a group
+  with ``weight_decay=0``) are neither decayed nor adapted.
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule (read at 0 on the first step).
@@ -182,7 +179,8 @@ def torch_lars(
     weight_decay_mask: which leaves are in the decayed group (see `lars_jax.masks`).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`.
+    An `optax.GradientTransformationExtraArgs`: ``chain(scale_by_sum_norms_trust_ratio,
+    torch_trace, scale_by_learning_rate)``.
 
   Examples:
     The ratio divides by :math:`\|g\| + \lambda\|w\|`, `lars` by :math:`\|g + \lambda w\|`:
@@ -225,13 +223,10 @@ def larc(
 ) -> optax.GradientTransformationExtraArgs:
   r"""NVIDIA Apex's LARC around any optax optimizer.
 
-  ``chain(scale_by_sum_norms_trust_ratio(..., adapt_without_decay=True,
-  clip_learning_rate=learning_rate if clip else None), inner)``: each gradient is
-  rewritten (clip mode :math:`\min(r/\gamma, 1)` or scale mode :math:`r`, decay added
-  only where both norms are non-zero), then `inner` runs. Pass the inner optimizer's
-  learning rate (or schedule) as `learning_rate`, and give `inner` no weight decay.
-  ``larc(optax.sgd(lr, momentum=m), learning_rate=lr, weight_decay=wd, clip=False)``
-  equals ``torch_lars(lr, momentum=m, weight_decay=wd, trust_coefficient=0.02)``.
+  Each gradient is rewritten (`scale_by_sum_norms_trust_ratio` with
+  ``adapt_without_decay=True``, clip mode :math:`\min(r/\gamma, 1)` or scale mode
+  :math:`r`), then `inner` runs; give `inner` no weight decay. With ``optax.sgd`` and
+  ``clip=False`` this is `torch_lars` with ``trust_coefficient=0.02``.
 
   Args:
     inner: the optimizer to wrap, e.g. ``optax.sgd(lr, momentum=0.9)``.
@@ -289,8 +284,8 @@ def timm_lars(
 ) -> optax.GradientTransformationExtraArgs:
   r"""timm's ``Lars`` (``timm.optim.Lars``), same keywords and defaults.
 
-  Per leaf :math:`w` with raw gradient :math:`g`, in a group with decay :math:`\lambda`
-  (`weight_decay` where `weight_decay_mask`, 0 in the other group):
+  Per leaf :math:`w`, raw gradient :math:`g`, group decay :math:`\lambda` (0 where
+  `weight_decay_mask` is False):
 
   .. math::
 
@@ -299,9 +294,6 @@ def timm_lars(
     d &= r\,(g + \lambda w) \ \text{if } \lambda \ne 0 \text{ or always\_adapt, else } g \\
     b &= d \ \text{(first step)}, \quad b \leftarrow \mu b + (1 - \tau) d, \qquad
     w \leftarrow w - \gamma(c)\,(b \text{, or } d + \mu b \text{ with Nesterov})
-
-  The chain ``scale_by_sum_norms_trust_ratio(guard='timm'), torch_trace,
-  scale_by_learning_rate``; timm's two parameter groups are `weight_decay_mask`.
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule.
@@ -316,7 +308,8 @@ def timm_lars(
     weight_decay_mask: which leaves are in the decayed group (see `lars_jax.masks`).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`.
+    An `optax.GradientTransformationExtraArgs`: ``chain(scale_by_sum_norms_trust_ratio(
+    guard='timm'), torch_trace, scale_by_learning_rate)``.
 
   Examples:
     ``trust_clip`` clips the zero-gradient fallback ratio 1 to :math:`1/\gamma`:

@@ -1,10 +1,8 @@
 """Composable optax transformations that make up LARS.
 
-Each factory returns an `optax.GradientTransformationExtraArgs` that works alone and
-inside `optax.chain`, `inject_hyperparams`, `MultiSteps` or `masked`. `lars_jax.lars` is
-``scale_by_trust_ratio_with_decay -> scale_by_learning_rate -> trace``. Norms and ratios
-are taken in float32 or wider, all leaves at once (one collective under `shard_map`), with
-the guards of `lars_jax._numerics` (README: Numerics, Training on pods).
+Each factory returns an `optax.GradientTransformationExtraArgs`. Norms and ratios are
+taken in float32 or wider, all leaves at once (one collective under `shard_map`), with the
+guards of `lars_jax._numerics` (README: Numerics).
 """
 
 from __future__ import annotations
@@ -238,7 +236,7 @@ def _trust_ratio_transform(
     )
     out, source = list(u_leaves), list(u_leaves)
     if not no_decay:
-      decay = _tree.resolve_mask(name, weight_decay_mask, params, decay_arg)
+      decay = masks_lib.resolve(weight_decay_mask, params, arg=decay_arg, owner=name)
       wd = _tree.at_count(weight_decay, state)
       for i, (u, p) in enumerate(zip(u_leaves, p_leaves)):
         if decay[i]:
