@@ -33,16 +33,10 @@ def is_zero_number(value: Any) -> bool:
 
 
 def check_scalar(
-  name: str,
-  value: Any,
-  *,
-  lower: float | None = 0.0,
-  upper: float | None = None,
-  upper_inclusive: bool = False,
-  fix: str = "",
+  name: str, value: Any, *, upper: float | None = None, upper_inclusive: bool = False, fix: str = ""
 ) -> None:
-  """Raises ValueError if a concrete scalar is not finite, ``>= lower`` and below `upper`
-  (or at it, with `upper_inclusive`); schedules and traced values pass."""
+  """Raises ValueError if a concrete scalar is not finite, ``>= 0`` and below `upper` (or
+  at it, with `upper_inclusive`); schedules and traced values pass."""
   if value is None or callable(value):
     return
   if isinstance(value, (str, bytes)) or (hasattr(value, "shape") and np.ndim(value) != 0):
@@ -53,8 +47,8 @@ def check_scalar(
   hint = f" {fix}" if fix else ""
   if not math.isfinite(x):
     raise ValueError(f"`{name}` must be finite, got {x}.{hint}")
-  if lower is not None and x < lower:
-    raise ValueError(f"`{name}` must be >= {lower}, got {x}.{hint}")
+  if x < 0:
+    raise ValueError(f"`{name}` must be >= 0.0, got {x}.{hint}")
   if upper is not None and (x > upper or (x == upper and not upper_inclusive)):
     raise ValueError(f"`{name}` must be {'<=' if upper_inclusive else '<'} {upper}, got {x}.{hint}")
 

@@ -257,15 +257,13 @@ def byol_lars(
     [-0.00114 -0.00152]
     [-0.00087 -0.00116]
   """
-  _checks.check_learning_rate(learning_rate)
+  lr = transforms.scale_by_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
   _checks.check_numbers(eta=eta)
   ratio = _tf_trust_ratio(
     weight_decay, eta, weight_decay_mask, trust_ratio_mask, axis_name, keep_stats
   )
-  return optax.chain(
-    ratio, transforms.trace(momentum), transforms.scale_by_learning_rate(learning_rate)
-  )
+  return optax.chain(ratio, transforms.trace(momentum), lr)
 
 
 def flax_lars(
@@ -312,11 +310,11 @@ def flax_lars(
     [-0.15 -0.2 ]
     [-0. -0.]
   """
-  _checks.check_learning_rate(learning_rate)
+  lr = transforms.scale_by_learning_rate(learning_rate)
   _checks.check_momentum("beta", beta)
-  stats = {"axis_name": axis_name, "keep_stats": keep_stats}
-  rewrite = scale_by_sum_norms_trust_ratio(
-    trust_coefficient, weight_decay, eps, adapt_without_decay=True, guard="flax", **stats
-  )
   trace = transforms.trace(beta, nesterov=nesterov)
-  return optax.chain(rewrite, transforms.scale_by_learning_rate(learning_rate), trace)
+  kw = {"adapt_without_decay": True, "guard": "flax", "axis_name": axis_name}
+  rewrite = scale_by_sum_norms_trust_ratio(
+    trust_coefficient, weight_decay, eps, **kw, keep_stats=keep_stats
+  )
+  return optax.chain(rewrite, lr, trace)

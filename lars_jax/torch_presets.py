@@ -296,13 +296,8 @@ def timm_lars(
     w \leftarrow w - \gamma(c)\,(b \text{, or } d + \mu b \text{ with Nesterov})
 
   Args:
-    learning_rate: :math:`\gamma \ge 0`, or a schedule.
-    momentum: :math:`\mu \in [0, 1)`.
-    dampening: :math:`\tau \in [0, 1]`.
-    weight_decay: :math:`\lambda \ge 0`, or a schedule.
-    nesterov: Nesterov momentum (needs :math:`\mu > 0`, :math:`\tau = 0`).
+    learning_rate, momentum, dampening, weight_decay, nesterov, eps: as in `torch_lars`.
     trust_coeff: :math:`\eta \ge 0`.
-    eps: :math:`\epsilon \ge 0`.
     trust_clip: clip the ratio to :math:`\min(r/\gamma, 1)`.
     always_adapt: adapt the group without weight decay too.
     weight_decay_mask: which leaves are in the decayed group (see `lars_jax.masks`).
