@@ -1,8 +1,5 @@
-"""lars_jax: LARS and large-batch training for JAX and optax.
-
-The optimizers need only jax and optax. The YAML configs (`LARSConfig`,
-`OptimizerConfig`) need pydantic and PyYAML (``pip install lars_jax[config]``) and are
-imported on first use.
+"""lars_jax: LARS and large-batch training for JAX and optax. The YAML configs
+(`LARSConfig`, `OptimizerConfig`) need ``lars_jax[config]`` and are imported on first use.
 """
 
 from typing import Any

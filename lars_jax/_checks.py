@@ -1,9 +1,6 @@
-"""Argument checks shared by the transforms, presets and configs.
-
-Checks only run on values that are known in Python (numbers, NumPy scalars, concrete
-arrays). Traced values (inside `jit`, `optax.inject_hyperparams`) and schedules are never
-branched on.
-"""
+"""Argument checks shared by the transforms, presets and configs. Only values known in
+Python (numbers, NumPy scalars, concrete arrays) are checked: traced values (`jit`,
+`optax.inject_hyperparams`) and schedules are never branched on."""
 
 from __future__ import annotations
 
@@ -19,12 +16,8 @@ from lars_jax.masks import path_str
 
 def concrete_float(value: Any) -> float | None:
   """Returns `value` as a Python float if it is a concrete scalar, else None."""
-  if isinstance(value, bool):
-    return float(value)
   if isinstance(value, (int, float, np.number)):
     return float(value)
-  if isinstance(value, jax.core.Tracer) or callable(value):
-    return None
   if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0:
     try:
       return float(value)
@@ -40,19 +33,10 @@ def is_zero_number(value: Any) -> bool:
 
 
 def check_scalar(
-  name: str,
-  value: Any,
-  *,
-  lower: float | None = 0.0,
-  lower_inclusive: bool = True,
-  upper: float | None = None,
-  upper_inclusive: bool = False,
-  fix: str = "",
+  name: str, value: Any, *, upper: float | None = None, upper_inclusive: bool = False, fix: str = ""
 ) -> None:
-  """Raises ValueError if a concrete scalar hyperparameter is out of range.
-
-  Schedules (callables) and traced values pass unchecked.
-  """
+  """Raises ValueError if a concrete scalar is not finite, ``>= 0`` and below `upper` (or
+  at it, with `upper_inclusive`); schedules and traced values pass."""
   if value is None or callable(value):
     return
   if isinstance(value, (str, bytes)) or (hasattr(value, "shape") and np.ndim(value) != 0):
@@ -63,22 +47,16 @@ def check_scalar(
   hint = f" {fix}" if fix else ""
   if not math.isfinite(x):
     raise ValueError(f"`{name}` must be finite, got {x}.{hint}")
-  if lower is not None and (x < lower or (x == lower and not lower_inclusive)):
-    op = ">=" if lower_inclusive else ">"
-    raise ValueError(f"`{name}` must be {op} {lower}, got {x}.{hint}")
+  if x < 0:
+    raise ValueError(f"`{name}` must be >= 0.0, got {x}.{hint}")
   if upper is not None and (x > upper or (x == upper and not upper_inclusive)):
-    op = "<=" if upper_inclusive else "<"
-    raise ValueError(f"`{name}` must be {op} {upper}, got {x}.{hint}")
+    raise ValueError(f"`{name}` must be {'<=' if upper_inclusive else '<'} {upper}, got {x}.{hint}")
 
 
 def check_momentum(name: str, value: Any) -> None:
-  check_scalar(
-    name,
-    value,
-    lower=0.0,
-    upper=1.0,
-    fix="Momentum must lie in [0, 1); 0.9 is the usual value.",
-  )
+  """A number (not a schedule) in [0, 1)."""
+  check_numbers(**{name: value})
+  check_scalar(name, value, upper=1.0, fix="Momentum must lie in [0, 1); 0.9 is the usual value.")
 
 
 def check_learning_rate(value: Any) -> None:
@@ -91,27 +69,20 @@ def check_learning_rate(value: Any) -> None:
   check_scalar("learning_rate", value, fix="Pass a non-negative number or an optax schedule.")
 
 
-def check_bool(name: str, value: Any) -> None:
-  if not isinstance(value, bool):
-    raise TypeError(f"`{name}` must be a bool (True or False), got {value!r}.")
+def check_bools(**flags: Any) -> None:
+  for name, value in flags.items():
+    if not isinstance(value, bool):
+      raise TypeError(f"`{name}` must be a bool (True or False), got {value!r}.")
 
 
-def check_not_schedule(name: str, value: Any) -> None:
-  if callable(value):
-    raise TypeError(
-      f"`{name}` must be a number here, not a schedule (the framework this mimics "
-      "takes a constant). Wrap the optimizer in `optax.inject_hyperparams` to change "
-      "it during training."
-    )
-
-
-def check_one_clipnorm(clipnorm: Any, global_clipnorm: Any) -> None:
-  """Keras' rule: `clipnorm` and `global_clipnorm` exclude each other."""
-  if clipnorm is not None and global_clipnorm is not None:
-    raise ValueError(
-      "`clipnorm` and `global_clipnorm` cannot both be set (Keras rejects this too): "
-      "pass one of them."
-    )
+def check_numbers(**values: Any) -> None:
+  """Raises TypeError for a schedule where the mimicked framework takes a constant."""
+  for name, value in values.items():
+    if callable(value):
+      raise TypeError(
+        f"`{name}` must be a number here, not a schedule (the framework this mimics takes a "
+        "constant). Wrap the optimizer in `optax.inject_hyperparams` to change it in training."
+      )
 
 
 def accumulator_dtype(value: Any) -> jnp.dtype | None:
@@ -132,21 +103,12 @@ def accumulator_dtype(value: Any) -> jnp.dtype | None:
 
 def check_float_leaves(transform: str, tree: Any) -> None:
   """Raises TypeError naming the first leaf whose dtype is not floating/complex."""
-  leaves = jax.tree_util.tree_leaves_with_path(tree)
-  for path, leaf in leaves:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     dtype = getattr(leaf, "dtype", None)
-    if dtype is None:
-      dtype = np.result_type(leaf)
+    dtype = np.result_type(leaf) if dtype is None else dtype
     if not jnp.issubdtype(dtype, jnp.inexact):
       raise TypeError(
-        f"{transform}: parameter {path_str(path)!r} has dtype "
-        f"{np.dtype(dtype).name}; LARS needs floating-point (or complex) "
-        "parameters. Cast it to a float dtype, or keep it out of the optimizer "
-        "(e.g. optax.partition with optax.set_to_zero for that leaf)."
+        f"{transform}: parameter {path_str(path)!r} has dtype {np.dtype(dtype).name}; LARS "
+        "needs floating-point (or complex) parameters. Cast it to a float dtype, or keep it "
+        "out of the optimizer (e.g. optax.multi_transform with optax.set_to_zero for it)."
       )
-
-
-def no_params_error(transform: str) -> ValueError:
-  return ValueError(
-    f"{transform} needs the current parameters: call `tx.update(updates, state, params)`."
-  )

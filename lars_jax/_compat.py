@@ -1,10 +1,6 @@
-"""The one place where lars_jax adapts to older releases of its dependencies.
-
-pyproject.toml allows jax >= 0.4.35 and Flax >= 0.10.4 (the `flax` extra). Where a newer
-release offers something the package uses, the choice between it and the older way is
-made here, once, at import time, and tested at both ends (`tests/test_compat.py`, run
-by `.ci/run` at the newest versions and at `.ci/floors.txt`).
-"""
+"""The one place where lars_jax adapts to older releases of its dependencies (jax >= 0.4.35,
+Flax >= 0.10.4): each choice is made here, once, at import time, and tested at both ends
+(`tests/test_compat.py`, run by `.ci/run` at the newest versions and at `.ci/floors.txt`)."""
 
 from __future__ import annotations
 
@@ -30,22 +26,15 @@ if JAX_VERSION >= (0, 5, 3):
 else:
 
   def optimization_barrier(operand: Any) -> Any:
-    """`operand` itself: jax < 0.5.3 can neither differentiate nor vmap the barrier.
-
-    The barrier only steers XLA's fusion decisions (see `transforms._norm_source`), never
-    the numbers, so without it updates are bit for bit the same; the compiled step may
-    keep a parameter-sized temporary, as the XLA of those jaxlib versions does anyway.
-    """
+    """`operand` itself: jax < 0.5.3 can neither differentiate nor vmap the barrier, which
+    only steers XLA's fusion (`transforms._norm_source`), never the numbers."""
     return operand
 
 
 def nnx_variable_types() -> tuple[type, ...]:
-  """The Flax NNX classes that wrap one parameter; ``()`` if flax.nnx was never imported.
-
-  ``nnx.Variable``, and on Flax < 0.11 also ``nnx.VariableState``, which is what
-  ``nnx.state(...)`` held there. Looked up in the module's own namespace: on Flax >= 0.12
-  ``nnx.VariableState`` is a deprecated alias served with a warning.
-  """
+  """The Flax NNX classes that wrap one parameter (``nnx.Variable``, and on Flax < 0.11
+  ``nnx.VariableState``); ``()`` if flax.nnx was never imported. Read from the module's
+  namespace: on Flax >= 0.12 ``nnx.VariableState`` is an alias that warns."""
   nnx = sys.modules.get("flax.nnx")
   if nnx is None:
     return ()
@@ -56,13 +45,8 @@ def nnx_variable_types() -> tuple[type, ...]:
 
 
 def check_decay_schedule(kind: str, schedule: Any) -> None:
-  """Raises if `OptimizerConfig` would hand optax a weight-decay schedule it cannot apply.
-
-  The LARS kinds decay with lars_jax's own transforms, which take schedules everywhere;
-  the optax kinds (``adamw``, ``sgd``, ...) use ``optax.add_decayed_weights``, which
-  applies a schedule from optax 0.2.7 (0.2.6 never advances it; 0.2.4 and 0.2.5 fail at
-  the first update).
-  """
+  """Raises if `OptimizerConfig` would hand an optax kind a weight-decay schedule: optax
+  applies one from 0.2.7 (0.2.6 never advances it; 0.2.4-0.2.5 fail at the first update)."""
   if schedule is None or OPTAX_VERSION >= (0, 2, 7) or kind in ("lars", "tf_lars", "torch_lars"):
     return
   raise ValueError(
@@ -73,10 +57,8 @@ def check_decay_schedule(kind: str, schedule: Any) -> None:
 
 
 def nnx_values(tree: Any) -> Any:
-  """`tree` with each NNX Variable (or VariableState) replaced by its array; else as is.
-
-  ``get_value()`` from Flax 0.12 (where ``.value`` is deprecated), ``.value`` before.
-  """
+  """`tree` with each NNX Variable replaced by its array (``get_value()`` from Flax 0.12,
+  where ``.value`` is deprecated; ``.value`` before)."""
   types = nnx_variable_types()
   if not types:
     return tree

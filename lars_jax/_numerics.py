@@ -1,28 +1,21 @@
 """Numerics shared by the transforms: wide precision, norms, guarded trust ratios.
 
-All arithmetic on norms and ratios runs in float32 or wider (float64 for float64
-leaves), so bfloat16/float16 parameters never underflow an `eps` or overflow a squared
-norm, and every result is cast back to the dtype of the update it scales.
+Norms and ratios are computed in float32 or wider (float64 for float64 leaves) and cast
+back to the update's dtype. An exact zero norm never gives NaN or Inf (nor a NaN
+gradient), but an incoming NaN or Inf is never hidden. Each ratio and its guard is one
+function below; who uses which:
 
-Guards: an exact zero norm never produces NaN or Inf (nor a NaN gradient through the
-update), but a NaN or Inf that comes in is never hidden. Every trust ratio and its
-guard is one function below, named after what it tests; who uses which:
-
-=============================  ========================================================
-`trust_ratio`                  optax, `lars`, `scale_by_trust_ratio(_with_decay)`:
-                               1 where a norm == 0; a NaN norm gives a NaN ratio.
-`trust_ratio_if_positive`      TF Model Garden (`tf_lars`), DeepMind BYOL (`byol_lars`):
-                               1 unless both norms > 0; a NaN norm falls back to 1.
-`sum_norms_ratio_if_nonzero`   Lightning Flash (`torch_lars`), Apex LARC (`larc`):
-                               applied only where both norms != 0 (and the decay != 0
-                               unless LARC); elsewhere the raw gradient, undecayed.
-`sum_norms_ratio_if_positive`  timm (`timm_lars`): 1 unless both norms > 0 (a NaN norm
-                               falls back to 1); the decay is added even then.
-`sum_norms_ratio_unless_zero`  flax.optim (`flax_lars`): 1 where a norm == 0, decay
-                               added even then; a NaN norm gives a NaN ratio.
-`clip_ratio`                   LARC's clip mode and timm's ``trust_clip``:
-                               min(r / lr, 1), 1 while lr == 0.
-=============================  ========================================================
+=============================  ================================================================
+`trust_ratio`                  optax, `lars`, `scale_by_trust_ratio(_with_decay)`: 1 where a
+                               norm == 0; a NaN norm gives a NaN ratio.
+`trust_ratio_if_positive`      TF Model Garden (`tf_lars`), BYOL (`byol_lars`): 1 unless both
+                               norms > 0 (a NaN norm falls back to 1).
+`sum_norms_ratio_if_nonzero`   Lightning Flash (`torch_lars`), Apex (`larc`): applied where both
+                               norms != 0 (and decay != 0 unless LARC); else raw gradient.
+`sum_norms_ratio_if_positive`  timm (`timm_lars`): 1 unless both norms > 0; decay added anyway.
+`sum_norms_ratio_unless_zero`  flax.optim (`flax_lars`): 1 where a norm == 0, decay added anyway.
+`clip_ratio`                   LARC's clip mode, timm's ``trust_clip``: min(r / lr, 1); 1 at lr 0.
+=============================  ================================================================
 """
 
 from __future__ import annotations
@@ -39,11 +32,6 @@ import numpy as np
 def wide_dtype(dtype: Any) -> jnp.dtype:
   """The dtype our arithmetic runs in for `dtype`: float32 or wider."""
   return jnp.promote_types(dtype, jnp.float32)
-
-
-def real_wide_dtype(dtype: Any) -> jnp.dtype:
-  """`wide_dtype` of the real part (float32 for complex64)."""
-  return jnp.finfo(wide_dtype(dtype)).dtype
 
 
 def scale(u: jax.Array, s: jax.Array | float) -> jax.Array:
@@ -90,10 +78,8 @@ def trust_ratio(
   trust_coefficient: float | jax.Array,
   eps: float | jax.Array = 0.0,
 ) -> jax.Array:
-  r""":math:`\eta \|w\| / (\|u\| + \epsilon)`, or 1 where a norm is exactly 0 (optax's guard).
-
-  A NaN or Inf norm is not a zero norm: it gives a NaN (or 0/Inf) ratio, as
-  `optax.scale_by_trust_ratio` does, so a diverging layer shows up.
+  r""":math:`\eta \|w\| / (\|u\| + \epsilon)`, or 1 where a norm is exactly 0 (optax's guard;
+  a NaN or Inf norm gives a NaN, 0 or Inf ratio, so a diverging layer shows up).
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
@@ -150,12 +136,9 @@ def clip_ratio(ratio: jax.Array, learning_rate: Any) -> jax.Array:
   return jnp.where(zero, 1.0, jnp.minimum(ratio / jnp.where(zero, 1.0, learning_rate), 1.0))
 
 
-# Leaves below this many elements get their squared norms batched: stacked by shape
-# and reduced together. Each small reduction is otherwise its own kernel (two on XLA
-# CPU, which squares and reduces small arrays separately), and per-kernel overhead,
-# not bandwidth, dominates for biases and normalisation scales. 4096 is also where
-# XLA CPU starts sending reductions to YNNPACK. A stack holds at most 8 leaves: XLA
-# CPU fuses a concatenate of up to 8 operands, and larger ones are slow.
+# Leaves below SMALL_LEAF elements get their squared norms stacked by shape and reduced
+# together: per-kernel overhead, not bandwidth, dominates small reductions (and 4096 is
+# where XLA CPU starts using YNNPACK). XLA CPU fuses a concatenate of up to 8 operands.
 SMALL_LEAF = 4096
 STACK_MAX = 8
 
@@ -192,55 +175,28 @@ def sq_norms(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
     stacked = jnp.stack([leaves[i].reshape(-1) for i in idx])
     pieces.append(sq_norm(stacked, axis=1).astype(dtype))
     order.extend(idx)
-  return jnp.concatenate(pieces)[jnp.asarray(_inverse(order))]
-
-
-def _inverse(order: Sequence[int]) -> list[int]:
-  inverse = [0] * len(order)
-  for pos, i in enumerate(order):
-    inverse[i] = pos
-  return inverse
-
-
-def _device_sets(leaves: Sequence[Any]) -> set[frozenset[Any]]:
-  """The device sets of the concrete (not traced) arrays among `leaves`."""
-  return {
-    frozenset(x.sharding.device_set)
-    for x in leaves
-    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
-  }
+  return jnp.concatenate(pieces)[jnp.asarray(np.argsort(order))]  # back to leaf order
 
 
 def norm_dtype(leaves: Sequence[Any]) -> jnp.dtype:
   """The dtype of the norms of `leaves`: float32, or float64 if any leaf is float64."""
-  return jnp.result_type(jnp.float32, *[real_wide_dtype(x.dtype) for x in leaves])
+  return jnp.result_type(jnp.float32, *[jnp.finfo(wide_dtype(x.dtype)).dtype for x in leaves])
 
 
 def layer_norms(
-  leaf_lists: Sequence[Sequence[jax.Array]],
-  axes: Sequence[tuple[Hashable, ...]],
+  leaf_lists: Sequence[Sequence[jax.Array]], axes: Sequence[tuple[Hashable, ...]]
 ) -> list[jax.Array]:
-  """Per-leaf L2 norms of several aligned leaf lists, as one vector per list.
-
-  All squared norms are computed in float32 (float64 if any leaf is float64),
-  stacked, summed across devices with one `lax.psum` (over the union of all leaves'
-  axes; each leaf counted once per shard), and square-rooted as vectors.
-
-  Args:
-    leaf_lists: K lists of N arrays each (e.g. params and updates).
-    axes: N tuples of mesh-axis names (`lars_jax._tree.leaf_axes`), () for unsplit leaves.
-
-  Returns:
-    K vectors of shape (N,).
-  """
+  """Per-leaf L2 norms of K aligned lists of N leaves (e.g. params and updates), as K
+  vectors of shape (N,): squared norms in `norm_dtype`, summed across devices with one
+  `lax.psum` over the union of `axes` (N tuples of mesh-axis names, `_tree.leaf_axes`)."""
   n = len(axes)
   if n == 0:
     return [jnp.zeros((0,), jnp.float32) for _ in leaf_lists]
   dtype = norm_dtype([x for leaves in leaf_lists for x in leaves])
-  if len(_device_sets([x for leaves in leaf_lists for x in leaves])) > 1:
-    # Outside `jit`, leaves placed on different devices (optax works leaf by leaf
-    # there): each squared norm on its leaf's device, gathered on the host, and
-    # returned uncommitted, so that each ratio follows its leaf to its device.
+  concrete = [x for xs in leaf_lists for x in xs if not isinstance(x, jax.core.Tracer)]
+  if len({frozenset(x.sharding.device_set) for x in concrete if isinstance(x, jax.Array)}) > 1:
+    # Outside `jit`, leaves on different devices: each squared norm on its leaf's device,
+    # gathered on the host, returned uncommitted (each ratio follows its leaf).
     sq = [np.stack([np.asarray(sq_norm(x).astype(dtype)) for x in leaves]) for leaves in leaf_lists]
     return [safe_sqrt(jnp.asarray(v)) for v in sq]
   groups: dict[tuple[Hashable, ...], list[int]] = {}
@@ -250,12 +206,10 @@ def layer_norms(
     (a,) = groups
     sq = jnp.stack([sq_norms(leaves, dtype) for leaves in leaf_lists])  # (K, N)
     return list(safe_sqrt(jax.lax.psum(sq, a) if a else sq))
-  # Several axis groups. Each is stacked on its own, so that under `shard_map` a
-  # replicated leaf's norm does not take the device-varying type of a split leaf's
-  # (`check_vma` would then reject its replicated update). All split groups share
-  # ONE psum over the union of their axes: a leaf's squared norms enter it only on
-  # the devices at index 0 of the union axes it is not split over (exact zeros
-  # elsewhere), so each of its shards is counted once.
+  # Several axis groups, each stacked on its own (so that a replicated leaf's norm does
+  # not take a split leaf's device-varying type under `shard_map`), sharing ONE psum over
+  # the union of their axes: a leaf's squared norms enter it only on the devices at index
+  # 0 of the union axes it is not split over (zeros elsewhere), so each shard counts once.
   union = tuple(dict.fromkeys(ax for a in groups for ax in a))
   local, split, order_local, order_split = [], [], [], []
   for a, idx in groups.items():
@@ -270,4 +224,4 @@ def layer_norms(
     split.append(sq)
     order_split.extend(idx)
   sq = jnp.concatenate([*local, jax.lax.psum(jnp.concatenate(split, axis=1), union)], axis=1)
-  return list(safe_sqrt(sq[:, jnp.asarray(_inverse(order_local + order_split))]))
+  return list(safe_sqrt(sq[:, jnp.asarray(np.argsort(order_local + order_split))]))

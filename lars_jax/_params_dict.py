@@ -1,10 +1,6 @@
-"""Model Garden's ``ParamsDict`` methods on pydantic models (for `lars_jax.config`).
-
-`StrictModel`: frozen, unknown keys are errors that name the closest field. `ParamsDict`:
-a top-level config with ``from_yaml``/``to_yaml``, ``from_dict``/``as_dict``,
-``override(d, is_strict=True)``, ``lock()`` and ``validate(restrictions)``, as TensorFlow
-Model Garden's ``official/modeling/hyperparams/params_dict.py``.
-"""
+"""Model Garden's ``ParamsDict`` methods on pydantic models (for `lars_jax.config`):
+`StrictModel` (frozen; an unknown key names the closest field) and `ParamsDict` (YAML and
+dict round trips, ``override``, ``lock``, ``validate``), as ``params_dict.py``."""
 
 from __future__ import annotations
 
@@ -101,11 +97,8 @@ class ParamsDict(StrictModel):
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any], *, is_strict: bool = True):
-    """Builds a config from `data` (e.g. `as_dict()`); missing fields take their defaults.
-
-    ``is_strict=False`` keeps unknown top-level keys as added keys (as after a
-    non-strict `override`) instead of raising.
-    """
+    """Builds a config from `data` (e.g. `as_dict()`); missing fields take their defaults,
+    and ``is_strict=False`` keeps unknown top-level keys as added keys."""
     if not isinstance(data, Mapping):
       raise TypeError(f"{cls.__name__}.from_dict needs a mapping, got {type(data).__name__}.")
     return cls.model_validate(dict(data), context={"is_strict": is_strict})
@@ -140,13 +133,9 @@ class ParamsDict(StrictModel):
     return text
 
   def override(self, overrides: Mapping[str, Any], is_strict: bool = True):
-    """Returns a new, unlocked, validated config with `overrides` merged in.
-
-    Nested dicts (a schedule, ``options``, added keys) merge key by key; a schedule
-    given another ``kind`` is replaced whole; lists are replaced. An unknown key raises
-    `ConfigKeyError` naming the closest ones (``is_strict=True``) or is added (False);
-    keys of a free-form dict field (``options``) may always be added (they are checked).
-    """
+    """A new, unlocked, validated config with `overrides` merged in: dicts key by key (a
+    schedule of another ``kind`` whole), lists replaced. An unknown key raises
+    `ConfigKeyError` (``is_strict=True``) or is added; ``options`` may always gain keys."""
     fields = type(self).model_fields.items()
     free = {f"{k}." for k, f in fields if typing.get_origin(f.annotation) is dict}
 
@@ -187,16 +176,9 @@ class ParamsDict(StrictModel):
     return self._locked
 
   def validate(self, restrictions: Sequence[str]):  # type: ignore[override]
-    """Checks Model Garden restriction strings such as ``'a.b <= c.d'``; returns self.
-
-    Each is ``left OP right``, OP one of ``== != < <= > >=``, each side a dotted key of
-    `as_dict()` or a constant (a number, ``None``, ``True``, ``False``, a quoted string).
-
-    Raises:
-      ConfigKeyError: a key does not exist (a ``KeyError``, as in Model Garden).
-      RestrictionError: a restriction does not hold (a ``KeyError`` and a ``ValueError``).
-      ValueError: a restriction is not one relation, or its sides cannot be compared.
-    """
+    """Checks Model Garden restrictions ``'left OP right'`` (OP one of ``== != < <= > >=``,
+    each side a dotted key or a constant); returns self. Raises `ConfigKeyError` for an
+    unknown key, `RestrictionError` where one does not hold, ValueError if malformed."""
     for r in [restrictions] if isinstance(restrictions, str) else restrictions:
       if not isinstance(r, str):
         raise TypeError(f"validate: restrictions must be strings, got {r!r}.")

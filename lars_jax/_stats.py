@@ -14,11 +14,8 @@ from lars_jax import _numerics, _tree
 
 
 class LayerStats(NamedTuple):
-  """What a trust-ratio transform applied at its last step, per adapted leaf.
-
-  Each field has the parameters' tree structure, with a float scalar for every leaf
-  the transform adapts and None elsewhere. Read them with `lars_jax.layer_stats`.
-  """
+  """What a trust-ratio transform applied at its last step: per field, the params' tree
+  with a float scalar for each adapted leaf and None elsewhere (`lars_jax.layer_stats`)."""
 
   param_norm: optax.Params
   update_norm: optax.Params
@@ -40,16 +37,15 @@ def init(
   if not keep_stats:
     return _tree.count_state(counted)
   leaves, treedef = jax.tree.flatten(params)
-  if not leaves:
-    # No leaves, no statistics. An empty vector, not the (leafless) params structure:
-    # `optax.tree_map_params` initialises on a leafless placeholder, and would take
-    # params-shaped stats for params (and give the scalars the params' shardings).
-    empty = [jnp.zeros((0,), jnp.float32) for _ in range(3)]
-    return TrustRatioState(count=jnp.zeros([], jnp.int32), stats=LayerStats(*empty))
-  dtype = _numerics.norm_dtype([x for x, b in zip(leaves, bits) if b])
-  zero = [jnp.zeros([], dtype) if b else None for b in bits]
-  stats = LayerStats(*(treedef.unflatten(zero) for _ in range(3)))
-  return TrustRatioState(count=jnp.zeros([], jnp.int32), stats=stats)
+  if leaves:
+    dtype = _numerics.norm_dtype([x for x, b in zip(leaves, bits) if b])
+    zero = [jnp.zeros([], dtype) if b else None for b in bits]
+    stats = [treedef.unflatten(zero) for _ in range(3)]
+  else:
+    # Empty vectors, not the leafless params structure: `optax.tree_map_params` inits
+    # on a leafless placeholder and would take params-shaped stats for params.
+    stats = [jnp.zeros((0,), jnp.float32) for _ in range(3)]
+  return TrustRatioState(count=jnp.zeros([], jnp.int32), stats=LayerStats(*stats))
 
 
 def step(

@@ -1,8 +1,5 @@
-"""Tree helpers shared by the transforms: argument checks on trees, mesh axes, counts.
-
-Everything here runs in Python at trace time, on structure, shapes, dtypes and types
-(never on values), so it costs nothing in the compiled step.
-"""
+"""Tree helpers shared by the transforms: argument checks on trees, mesh axes, counts. All
+run in Python at trace time on structure, shapes, dtypes and types, never on values."""
 
 from __future__ import annotations
 
@@ -35,11 +32,8 @@ def flatten_like(tree: Any, treedef: Any, what: str, transform: str) -> list[Any
 def check_shapes(
   transform: str, updates: Any, leaves: Sequence[Any], ref_leaves: Sequence[Any], what: str
 ) -> None:
-  """Raises ValueError naming the first leaf whose update shape differs from `what`'s.
-
-  A broadcastable but different shape (a (4, 1) gradient for a (4, 3) parameter) is
-  rejected too: it is always a bug.
-  """
+  """Raises ValueError naming the first leaf whose update shape differs from `what`'s
+  (a broadcastable one too: a (4, 1) gradient for a (4, 3) parameter is always a bug)."""
   for i, (u, r) in enumerate(zip(leaves, ref_leaves)):
     if getattr(u, "shape", None) != getattr(r, "shape", None):
       path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(updates)[0][i][0])
@@ -50,28 +44,22 @@ def check_shapes(
       )
 
 
-def resolve_mask(name: str, mask: masks_lib.Mask, params: Any, arg: str) -> list[bool]:
-  """`mask` (the factory argument `arg` of transform `name`) as one bool per leaf."""
-  return masks_lib.resolve(mask, params, arg=arg, owner=name)
-
-
 def flat_update_args(
   name: str, updates: Any, params: Any, mask: masks_lib.Mask, arg: str = "mask"
 ) -> tuple[list[Any], list[Any], Any, list[bool]]:
-  """What a masked, params-reading transform checks first in `update`.
-
-  Returns the update leaves, the param leaves aligned with them, the updates'
-  treedef and the resolved mask (one bool per leaf); raises if `params` is missing,
-  does not match `updates` (structure or shapes), holds non-float leaves, or `mask`
-  (the factory's argument `arg`) does not fit.
-  """
+  """What a masked, params-reading transform checks first in `update`: returns the update
+  and param leaves, the treedef and `mask` (the factory's argument `arg`) resolved;
+  raises if `params` is missing, does not match, holds non-float leaves or `mask` does
+  not fit."""
   if params is None:
-    raise _checks.no_params_error(name)
+    raise ValueError(
+      f"{name} needs the current parameters: call `tx.update(updates, state, params)`."
+    )
   u_leaves, treedef = jax.tree.flatten(updates)
   p_leaves = flatten_like(params, treedef, "params", name)
   check_shapes(name, updates, u_leaves, p_leaves, "parameter")
   _checks.check_float_leaves(name, params)
-  return u_leaves, p_leaves, treedef, resolve_mask(name, mask, params, arg)
+  return u_leaves, p_leaves, treedef, masks_lib.resolve(mask, params, arg=arg, owner=name)
 
 
 def init_bits(name: str, mask: masks_lib.Mask, params: Any, arg: str) -> list[bool]:
@@ -82,7 +70,9 @@ def init_bits(name: str, mask: masks_lib.Mask, params: Any, arg: str) -> list[bo
   return masks_lib.resolve(mask, params, arg=arg, owner=name, nonempty=True)
 
 
-def init_checks(name: str, params: Any, mask: masks_lib.Mask, arg: str, axis_name: Any) -> list[bool]:
+def init_checks(
+  name: str, params: Any, mask: masks_lib.Mask, arg: str, axis_name: Any
+) -> list[bool]:
   """What a masked, params-reading transform checks in `init`; returns the resolved
   mask (`init_bits`)."""
   _checks.check_float_leaves(name, params)
@@ -138,11 +128,8 @@ def _normalize_axes(a: Any) -> tuple[Hashable, ...]:
 
 
 def leaf_axes(axis_name: AxisNames, tree: Any) -> list[tuple[Hashable, ...]]:
-  """Resolves `axis_name` (a name, tuple, PartitionSpec or pytree prefix of them).
-
-  Returns one tuple of mesh-axis names per leaf of `tree`: the axes over which that
-  leaf is split, so its squared norm must be summed over them.
-  """
+  """`axis_name` (a name, tuple, PartitionSpec or pytree prefix of them) as one tuple per
+  leaf of `tree`: the mesh axes that leaf is split over (its squared norm is summed over)."""
   n = len(jax.tree.leaves(tree))
   if axis_name is None:
     return [()] * n
@@ -187,12 +174,10 @@ def _vma_typed(axis: Hashable) -> bool:
 def checked_leaf_axes(
   name: str, axis_name: AxisNames, params: Any, idx: Sequence[int]
 ) -> list[tuple[Hashable, ...]]:
-  """`leaf_axes` for the leaves `idx` whose norms `name` takes, checked against JAX's types.
-
-  Under `shard_map` (with ``check_vma``, the default) a parameter split over a mesh
-  axis varies over it. Its norm is then a per-shard norm unless `axis_name` names
-  that axis: raise instead of silently using the slice's norm.
-  """
+  """`leaf_axes` for the leaves `idx` whose norms `name` takes, checked against JAX's types:
+  under `shard_map` (``check_vma``) a leaf that varies over an axis `axis_name` does not
+  give it would get its slice's norm, and one given an axis it is replicated over would
+  be counted once per device: both raise."""
   axes = leaf_axes(axis_name, params)
   p_leaves = jax.tree.leaves(params)
   typed = {ax: _vma_typed(ax) for i in idx for ax in axes[i]}

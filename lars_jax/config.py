@@ -1,12 +1,9 @@
 """Typed optimizer configs that live in YAML and build optax transformations.
 
-Needs the ``config`` extra (``pip install lars_jax[config]``: pydantic v2 and PyYAML).
-`LARSConfig` (TensorFlow Model Garden's, builds `lars_jax.tf_lars`) and `OptimizerConfig`
-(per-name rules, exclusions, clipping and the schedule configs below over any LARS flavour
-or optax optimizer) are pydantic models checked on creation, with errors that name the
-field and the closest key of a typo, and Model Garden's ``ParamsDict`` methods:
-``from_yaml``/``to_yaml``, ``from_dict``/``as_dict``, ``override(d, is_strict=True)``,
-``lock()``, ``validate(restrictions)``. Schedules and rules are frozen models.
+Needs the ``config`` extra (pydantic v2, PyYAML). `LARSConfig` (TF Model Garden's, builds
+`lars_jax.tf_lars`) and `OptimizerConfig` (per-name rules and schedules over any LARS kind
+or optax optimizer) are checked on creation and have Model Garden's ``ParamsDict``
+methods (`lars_jax._params_dict`; README: Configs in YAML).
 """
 
 from __future__ import annotations
@@ -79,13 +76,9 @@ _Patterns = Annotated[
 class LARSConfig(ParamsDict):
   r"""TensorFlow Model Garden's ``LARSConfig``; `build` gives `lars_jax.tf_lars`.
 
-  Same fields and defaults as ``official/modeling/optimization/configs/
-  optimizer_config.py``. The learning rate is not part of it (Model Garden takes it
-  from the ``OptimizationConfig``): pass it, or a schedule, to `build`. Values are
-  checked on creation and assignment: ``momentum`` in [0, 1), ``eeta > 0``, rates
-  ``>= 0``, clip values ``> 0``, and what `lars_jax.tf_lars` checks (valid regular
-  expressions, found with ``re.search`` in '/'-joined paths; not both ``clipnorm`` and
-  ``global_clipnorm``, as in Keras).
+  Same fields and defaults as Model Garden's ``optimizer_config.py``; the learning rate
+  (or a schedule) goes to `build`. Checked on creation and assignment: ``momentum`` in
+  [0, 1), ``eeta > 0``, rates ``>= 0``, clip values ``> 0``, and what `tf_lars` checks.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, lars_jax
@@ -137,11 +130,8 @@ class LARSConfig(ParamsDict):
     axis_name: AxisNames = None,
     keep_stats: bool = False,
   ) -> optax.GradientTransformationExtraArgs:
-    """Returns `lars_jax.tf_lars` with this config's values and `learning_rate`.
-
-    `axis_name` (mesh axes under `shard_map`) and `keep_stats` (per-layer norms and
-    ratios in the state, for `lars_jax.layer_stats`) go to `lars_jax.tf_lars`.
-    """
+    """`lars_jax.tf_lars` with this config's values, `learning_rate`, `axis_name` and
+    `keep_stats`."""
     kw = {k: getattr(self, k) for k in type(self).model_fields if k != "name"}
     for k in ("exclude_from_weight_decay", "exclude_from_layer_adaptation"):
       kw[k] = None if kw[k] is None else list(kw[k])
@@ -224,11 +214,9 @@ _Regex = Annotated[str, pydantic.AfterValidator(lambda p: masks_lib.only_names(p
 class ParamGroupRule(StrictModel):
   """One rule of `OptimizerConfig.param_group_modifiers`.
 
-  Selects parameters by ``name`` (the exact full path, '/'- or '.'-joined:
-  ``backbone.cls_token`` and ``backbone/cls_token`` are the same) or by ``pattern``
-  (a regular expression that must match the whole '/'-joined path, ``re.fullmatch``),
-  and multiplies their learning rate by ``scale`` or sets their weight decay to
-  ``value``: exactly one of each pair. `mask` is the selection as a mask.
+  Selects by ``name`` (the full path, '/'- or '.'-joined) or ``pattern`` (``re.fullmatch``
+  on the '/'-joined path), and multiplies the learning rate by ``scale`` or sets the
+  weight decay to ``value``: exactly one of each pair. `mask` is the selection.
 
   Examples:
     >>> from lars_jax.config import ParamGroupRule
@@ -318,21 +306,11 @@ class OptimizerConfig(ParamsDict):
   ``kind`` is ``'lars'``, ``'tf_lars'``, ``'torch_lars'`` or an optax optimizer (``'sgd'``,
   ``'optax.adamw'``...); ``options`` are its other keyword arguments, checked on creation.
 
-  A parameter's learning rate is ``lr`` (or ``schedule`` with base ``lr``) times the
-  ``scale`` of every rule that selects it. Its weight decay is ``weight_decay``, or the
-  ``value`` of the one rule that sets it, or 0 under a default exclusion (last path
-  component ``bias``; ``ndim <= 1``), times ``weight_decay_schedule(c) / weight_decay``.
-  For the LARS kinds, no weight decay means no layer adaptation while
-  ``exclude_from_adaptation_follows_weight_decay`` (always for ``torch_lars``).
-  Optimizers without a ``weight_decay`` argument get ``optax.add_decayed_weights``
-  first. ``clip_grad_value``, then ``clip_grad_norm``, clip the raw gradients.
-
-  `build` runs one optimizer per group of equal (scale, weight decay, adaptation) in
-  `optax.multi_transform`: the numbers of the optimizer built by hand with these masks.
-  Rules select with `lars_jax.masks` (`ParamGroupRule.mask`) at ``init``: one that
-  selects nothing, two that set one parameter's weight decay, or a ``value`` where a
-  default exclusion applies raise ``ValueError`` naming the rules. `param_groups`
-  shows the resolution.
+  A parameter's learning rate is ``lr`` (or ``schedule``) times the ``scale`` of every
+  rule that selects it; its weight decay is ``weight_decay``, the ``value`` of the rule
+  that sets it, or 0 under a default exclusion (``bias``; ``ndim <= 1``). The LARS kinds
+  adapt no leaf without weight decay while ``exclude_from_adaptation_follows_weight_decay``.
+  `param_groups` shows the resolution (README: Configs in YAML).
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
@@ -468,21 +446,9 @@ class OptimizerConfig(ParamsDict):
   def build(
     self, *, axis_name: AxisNames = None, keep_stats: bool = False
   ) -> optax.GradientTransformationExtraArgs:
-    """Returns the optimizer: clipping, then one optimizer instance per parameter group.
-
-    The groups depend on the parameters' paths and ranks: the first ``init`` on a
-    structure resolves the rules and builds the `optax.multi_transform` of the groups'
-    optimizers; later calls on that structure (``update`` included) reuse it.
-
-    Args:
-      axis_name: for the LARS kinds under `shard_map`, the mesh axes each leaf is
-        split over (see `lars_jax.scale_by_trust_ratio`).
-      keep_stats: for the LARS kinds, keep every adapted leaf's norms and trust ratio in
-        the state, for `lars_jax.layer_stats` (adapted: ``adapt`` in `param_groups`).
-
-    Returns:
-      An `optax.GradientTransformationExtraArgs`.
-    """
+    """The optimizer: clipping, then `optax.multi_transform` of one optimizer per group
+    (built at the first ``init`` on a tree structure); `axis_name` and `keep_stats` go to
+    the LARS kinds (as in `lars_jax.lars`)."""
     if self.kind not in _LARS_KINDS and (axis_name is not None or keep_stats is not False):
       arg = "axis_name" if axis_name is not None else "keep_stats"
       raise ValueError(f"build: {arg} is for the LARS kinds; {self.kind!r} takes none.")

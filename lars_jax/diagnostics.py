@@ -1,12 +1,6 @@
-"""Per-layer statistics of what the optimizer applied, for logging.
-
-Build the optimizer with ``keep_stats=True`` (`lars_jax.lars`, `tf_lars`, `torch_lars`,
-`larc`, or the transforms themselves) and its state holds, for every adapted leaf, the
-parameter norm, the update norm and the trust ratio of the last step (`LayerStats`):
-the numbers it used, computed once, with no extra reduction. `layer_stats` turns any
-optimizer state into a flat ``{'<stat>/<path>': float}`` dict for TensorBoard, CSV or
-any logger.
-"""
+"""Per-layer statistics of what the optimizer applied, for logging: with ``keep_stats=True``
+the state holds each adapted leaf's norms and trust ratio of the last step (`LayerStats`,
+no extra reduction); `layer_stats` turns a state into ``{'<stat>/<path>': float}``."""
 
 from __future__ import annotations
 
@@ -23,11 +17,6 @@ from lars_jax._stats import LayerStats
 __all__ = ["layer_stats"]
 
 
-def _unwrap_nnx(tree: Any) -> Any:
-  """Flax NNX wraps state leaves in Variables; take their values (nothing else changes)."""
-  return _compat.nnx_values(tree)
-
-
 def _is_stats(x: Any) -> bool:
   return isinstance(x, LayerStats) or (
     isinstance(x, Mapping) and set(x.keys()) == set(LayerStats._fields)
@@ -37,34 +26,21 @@ def _is_stats(x: Any) -> bool:
 def layer_stats(opt_state: Any) -> dict[str, float]:
   r"""The per-layer statistics kept in an optimizer state, as ``{'<stat>/<path>': float}``.
 
-  Finds every `LayerStats` in `opt_state`, wherever it sits (inside `optax.chain`,
-  `optax.masked`, `optax.multi_transform`, `optax.inject_hyperparams`,
-  `optax.MultiSteps`, a Flax NNX ``optimizer.opt_state`` or ``nnx.state(optimizer)``),
-  and returns for each adapted leaf
-  ``param_norm/<path>``, ``update_norm/<path>`` and ``trust_ratio/<path>``: the
-  numbers the last step used (for `lars_jax.lars`: :math:`\|w\|`,
-  :math:`\|g + \lambda w\|` and :math:`r`; for the PyTorch presets the raw-gradient
-  norm and the applied factor). ``<path>`` is the '/'-joined path in the params tree
-  (`lars_jax.masks.path_str`). NaN and Inf are reported as they are. If two
-  statistics share a key (two LARS transforms adapting the same leaf), the later one
-  is prefixed with its path in the state.
-
-  Call it on a concrete state (after the jitted step): it fetches the values with one
-  ``jax.device_get``.
+  Finds every `LayerStats` in `opt_state` (in any optax wrapper or Flax NNX state) and
+  returns, per adapted leaf, the norms and ratio the last step used (for `lars`:
+  :math:`\|w\|`, :math:`\|g + \lambda w\|`, :math:`r`), NaN and Inf as they are. A key
+  seen twice is prefixed with its path in the state. Call it outside the jitted step.
 
   Args:
-    opt_state: an optimizer state built with ``keep_stats=True`` (one without
-      statistics raises ``ValueError``; one whose transform adapts no leaf gives ``{}``).
+    opt_state: a state built with ``keep_stats=True`` (else ``ValueError``).
 
   Returns:
-    A dict of Python floats, keys sorted (NumPy arrays with the stacked axes for a
-    state stacked by `jax.vmap`, e.g. several models trained at once).
+    Python floats by sorted key (NumPy arrays for a state stacked by `jax.vmap`).
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
     >>> params = {'conv': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}}
-    >>> tx = lars_jax.lars(0.1, trust_ratio_mask=lars_jax.masks.min_ndim(2),
-    ...                    keep_stats=True)
+    >>> tx = lars_jax.lars(0.1, trust_ratio_mask=lars_jax.masks.min_ndim(2), keep_stats=True)
     >>> grads = {'conv': {'kernel': jnp.full((2, 2), 0.5), 'bias': jnp.ones(2)}}
     >>> _, state = tx.update(grads, tx.init(params), params)
     >>> for key, value in lars_jax.layer_stats(state).items():  # the bias is not adapted
@@ -73,7 +49,7 @@ def layer_stats(opt_state: Any) -> dict[str, float]:
     trust_ratio/conv/kernel 0.002
     update_norm/conv/kernel 1.0
   """
-  found = jax.tree_util.tree_flatten_with_path(_unwrap_nnx(opt_state), is_leaf=_is_stats)[0]
+  found = jax.tree_util.tree_flatten_with_path(_compat.nnx_values(opt_state), is_leaf=_is_stats)[0]
   found = [(path, node) for path, node in found if _is_stats(node)]
   if not found:
     raise ValueError(
@@ -101,10 +77,6 @@ def layer_stats(opt_state: Any) -> dict[str, float]:
           key = f"{stat}/{masks_lib.path_str(state_path)}/{path}"
         out[key] = value
   values = jax.device_get(out)
-  return {k: _host(values[k]) for k in sorted(values)}
-
-
-def _host(value: Any) -> Any:
-  """A Python float for a scalar; a NumPy array for a state stacked by `jax.vmap`."""
-  value = np.asarray(value)
-  return float(value) if value.ndim == 0 else value
+  # A Python float for a scalar; a NumPy array for a state stacked by `jax.vmap`.
+  values = {k: np.asarray(v) for k, v in values.items()}
+  return {k: float(values[k]) if values[k].ndim == 0 else values[k] for k in sorted(values)}

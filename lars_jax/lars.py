@@ -31,9 +31,8 @@ def lars(
 ) -> optax.GradientTransformationExtraArgs:
   r"""LARS (You, Gitman & Ginsburg, 2017): SGD with layer-wise adaptive rates.
 
-  A drop-in replacement for `optax.lars`: same keywords, same defaults, same numbers.
-  For each leaf (a "layer") with parameter :math:`w`, gradient :math:`g`, step
-  :math:`c = 0, 1, \dots`:
+  A drop-in replacement for `optax.lars` (same keywords, defaults and numbers). Per leaf
+  with parameter :math:`w`, gradient :math:`g`, step :math:`c = 0, 1, \dots`:
 
   .. math::
 
@@ -43,26 +42,8 @@ def lars(
     v &\leftarrow \mu v + \gamma(c)\, r\, u, \qquad
     w \leftarrow w - v \quad (\text{Nesterov: } w \leftarrow w - (\gamma(c) r u + \mu v))
 
-  It gives the numbers of this chain, so you can rebuild it, swap a piece or insert
-  your own::
-
-    optax.chain(
-        lars_jax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
-        lars_jax.scale_by_trust_ratio(trust_coefficient, eps, mask=trust_ratio_mask),
-        lars_jax.scale_by_learning_rate(learning_rate),
-        lars_jax.trace(momentum, nesterov=nesterov),
-    )
-
-  (`lars` itself uses `scale_by_trust_ratio_with_decay` for the first two, which
-  allocates no parameter-sized temporary under `jit`; the numbers are the same.)
-
-  The learning rate is applied *before* the momentum trace (TF's "classic momentum"):
-  under a schedule the buffer remembers the rates it was built with.
-
-  Like optax, the default masks decay and adapt *every* leaf, biases and
-  normalisation scales included. Most published recipes exclude them: pass
-  ``weight_decay_mask=lars_jax.masks.min_ndim(2)`` and the same for
-  ``trust_ratio_mask`` (or a name rule such as ``masks.exclude_names('bias', 'norm')``).
+  Like optax, the default masks decay and adapt *every* leaf; most recipes pass
+  ``lars_jax.masks.min_ndim(2)`` as both masks (README: Masks).
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or an optax schedule.
@@ -70,17 +51,19 @@ def lars(
     weight_decay_mask: which leaves to decay (see `lars_jax.masks`).
     trust_coefficient: :math:`\eta \ge 0`.
     eps: :math:`\epsilon \ge 0`, added to the update norm.
-    trust_ratio_mask: which leaves to adapt; others take plain momentum-SGD steps.
+    trust_ratio_mask: which leaves to adapt.
     momentum: :math:`\mu \in [0, 1)`.
     nesterov: Nesterov momentum.
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`); None under `jit`/pjit and for replicated params.
+    axis_name: under `shard_map`, the mesh axes each leaf is split over (see
+      `scale_by_trust_ratio`).
     accumulator_dtype: dtype of the momentum buffer (default: the params' dtype).
-    keep_stats: keep each adapted leaf's parameter norm, update norm and trust ratio
-      of the last step in the state, for logging with `lars_jax.layer_stats`.
+    keep_stats: keep per-leaf norms and ratios in the state (`lars_jax.layer_stats`).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`.
+    An `optax.GradientTransformationExtraArgs`: ``chain(scale_by_trust_ratio_with_decay,
+    scale_by_learning_rate, trace)``, the numbers of ``chain(add_decayed_weights,
+    scale_by_trust_ratio, scale_by_learning_rate, trace)``: the learning rate is
+    applied *before* the momentum (TF's "classic momentum").
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, lars_jax
@@ -104,17 +87,11 @@ def lars(
     <https://arxiv.org/abs/1708.03888>`_, 2017.
   """
   _checks.check_learning_rate(learning_rate)
-  _checks.check_not_schedule("momentum", momentum)
   _checks.check_momentum("momentum", momentum)
+  masks = {"weight_decay_mask": weight_decay_mask, "trust_ratio_mask": trust_ratio_mask}
   return optax.chain(
     transforms.scale_by_trust_ratio_with_decay(
-      weight_decay,
-      trust_coefficient,
-      eps,
-      weight_decay_mask=weight_decay_mask,
-      trust_ratio_mask=trust_ratio_mask,
-      axis_name=axis_name,
-      keep_stats=keep_stats,
+      weight_decay, trust_coefficient, eps, **masks, axis_name=axis_name, keep_stats=keep_stats
     ),
     transforms.scale_by_learning_rate(learning_rate),
     transforms.trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype),
@@ -124,13 +101,7 @@ def lars(
 def state_from_optax_lars(optax_state: Any, init_state: Any) -> Any:
   """Continues an `optax.lars` run with `lars_jax.lars`: converts its optimizer state.
 
-  `optax.lars` and `lars_jax.lars` compute the same steps but keep different state
-  trees (optax wraps its pieces in ``MaskedState``; ours has one count for a
-  weight-decay schedule). This returns `init_state` (a fresh
-  ``lars_jax.lars(...).init(params)`` with the same hyperparameters) holding the
-  momentum buffer and schedule counts of `optax_state`, so that training continues
-  bit for bit as it would have with `optax.lars`. Restore an `optax.lars` checkpoint
-  into ``optax.lars(...).init(params)`` first (its own structure), then convert.
+  Training then continues bit for bit as with `optax.lars` (README: Checkpoints).
 
   Args:
     optax_state: the state of ``optax.lars(...)`` (a 4-tuple).
@@ -183,40 +154,43 @@ def state_from_optax_lars(optax_state: Any, init_state: Any) -> Any:
     )
   decay, _, lr, momentum = optax_state
   ours_ratio, ours_lr, ours_trace = init_state
-
-  def count_of(state: Any) -> Any:
-    while isinstance(state, optax.MaskedState):
-      state = state.inner_state
-    return state.count if "count" in getattr(state, "_fields", ()) else None
-
-  def same_schedules(what: str, theirs: Any, ours_counts: bool) -> None:
-    if theirs is None and ours_counts:
+  decay_count, lr_count = _count_of(decay), _count_of(lr)
+  for what, theirs, ours in [
+    ("weight-decay", decay_count, ours_ratio),
+    ("learning-rate", lr_count, ours_lr),
+  ]:
+    if theirs is None and isinstance(ours, optax.ScaleByScheduleState):
       raise ValueError(
         f"{name}: lars_jax's state counts {what} steps (a schedule) but optax's does "
         f"not: build both with the same {what}."
       )
-
   if isinstance(ours_ratio, optax.ScaleByScheduleState):
-    same_schedules("weight-decay", count_of(decay), True)
-    ours_ratio = ours_ratio._replace(count=count_of(decay))
+    ours_ratio = ours_ratio._replace(count=decay_count)
   elif isinstance(ours_ratio, _stats.TrustRatioState):  # keep_stats: a step count
-    count = count_of(decay) if count_of(decay) is not None else count_of(lr)
-    if count is not None:
-      ours_ratio = ours_ratio._replace(count=count)
-  counted = isinstance(ours_lr, optax.ScaleByScheduleState)
-  same_schedules("learning-rate", count_of(lr), counted)
-  if counted:
-    ours_lr = ours_lr._replace(count=count_of(lr))
+    count = decay_count if decay_count is not None else lr_count
+    ours_ratio = ours_ratio if count is None else ours_ratio._replace(count=count)
+  if isinstance(ours_lr, optax.ScaleByScheduleState):
+    ours_lr = ours_lr._replace(count=lr_count)
   trace = momentum.trace
   if jax.tree.structure(trace) != jax.tree.structure(ours_trace.trace):
+    ma, mb = _masked_paths(trace), _masked_paths(ours_trace.trace)
+    note = (
+      f" optax.MaskedNode stands at {ma or 'no leaf'} in optax's, at {mb or 'no leaf'} in ours."
+    )
     raise ValueError(
       f"{name}: the momentum buffers differ in structure: optax "
       f"{jax.tree.structure(trace)}, lars_jax {jax.tree.structure(ours_trace.trace)}."
-      f"{_masked_note(trace, ours_trace.trace)} Build both from the same params (and "
+      f"{note if ma != mb else ''} Build both from the same params (and "
       "the same partition, if inside optax.multi_transform)."
     )
   trace = jax.tree.map(lambda t, o: jnp.asarray(t, o.dtype), trace, ours_trace.trace)
   return (ours_ratio, ours_lr, ours_trace._replace(trace=trace))
+
+
+def _count_of(state: Any) -> Any:
+  while isinstance(state, optax.MaskedState):
+    state = state.inner_state
+  return state.count if "count" in getattr(state, "_fields", ()) else None
 
 
 def _is_injected(state: Any) -> bool:
@@ -243,14 +217,7 @@ def _describe(state: Any) -> str:
   return type(state).__name__
 
 
-def _masked_note(a: Any, b: Any) -> str:
-  def masked(tree: Any) -> list[str]:
-    leaves = jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode)
-    )[0]
-    return [masks_lib.path_str(p) for p, x in leaves if isinstance(x, optax.MaskedNode)]
-
-  ma, mb = masked(a), masked(b)
-  if ma == mb:
-    return ""
-  return f" optax.MaskedNode stands at {ma or 'no leaf'} in optax's, at {mb or 'no leaf'} in ours."
+def _masked_paths(tree: Any) -> list[str]:
+  is_node = lambda x: isinstance(x, optax.MaskedNode)
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_node)[0]
+  return [masks_lib.path_str(p) for p, x in leaves if is_node(x)]

@@ -1,33 +1,9 @@
-"""Masks: which parameters a transform applies to.
+"""Masks: which parameters a transform applies to (README: Masks).
 
-Every `mask=` argument in lars_jax (and `optax.masked`) accepts:
-
-* ``None`` or ``True``: every leaf; ``False``: no leaf;
-* a pytree of Python bools with the structure of the params, or a *prefix* of it
-  (``{'encoder': True, 'head': False}`` covers every leaf below each key);
-* a callable ``params -> bool pytree`` (or prefix), such as the builders below.
-
-``True`` always means *apply* (decay / adapt this leaf).
-
-Masks are built from structure, names, shapes and dtypes, never from values, so
-they stay static under ``jax.jit``. Paths are the pytree key paths joined with ``/``
-with no leading slash: Flax ``{'params': {'Dense_0': {'kernel': ...}}}`` gives
-``params/Dense_0/kernel``; dataclass fields give their attribute name; list and tuple
-entries give their index (``layers/0/kernel``). A Flax NNX ``Variable`` (``nnx.Param``)
-adds no component: ``nnx.state(model, nnx.Param)`` gives ``layers/0/kernel``, not
-``layers/0/kernel/value``.
-
-Inside ``optax.masked``, ``optax.multi_transform`` or ``optax.partition`` the inner
-transformation sees the whole tree with ``optax.MaskedNode()`` in place of the other
-partitions' leaves. The name builders count those paths when they check that every
-pattern matches something, so ``exclude_names('bias')`` works in a partition that
-holds no bias; the mask itself covers only the partition's own leaves.
-
-``optax.inject_hyperparams`` calls every callable argument that is not in its
-``static_args`` as a schedule, on the step counter. Every builder here raises a
-``TypeError`` saying so when called on a step counter; pass masks in ``static_args``:
-``optax.inject_hyperparams(lars_jax.lars, static_args=('weight_decay_mask',
-'trust_ratio_mask'))(...)``.
+Every `mask=` argument accepts ``None``/``True`` (every leaf), ``False``, a pytree of
+Python bools shaped like the params or a prefix of them, or a callable ``params -> bool
+pytree`` such as the builders below (``True``: decay / adapt). Paths are key paths joined
+with ``/`` (``params/Dense_0/kernel``; an NNX ``Variable`` adds no component).
 
 Example:
   >>> import jax.numpy as jnp
@@ -68,15 +44,8 @@ __all__ = [
 
 
 def _key_str(key: Any) -> str:
-  if isinstance(key, jax.tree_util.DictKey):
-    return str(key.key)
-  if isinstance(key, jax.tree_util.GetAttrKey):
-    return str(key.name)
-  if isinstance(key, jax.tree_util.SequenceKey):
-    return str(key.idx)
-  if isinstance(key, jax.tree_util.FlattenedIndexKey):
-    return str(key.key)
-  # Flax NNX and other custom nodes: fall back on whatever identifies the key.
+  """A dict key, attribute name or index (DictKey, GetAttrKey, SequenceKey, FlattenedIndexKey,
+  and custom nodes such as Flax NNX's that have one of these attributes)."""
   for attr in ("key", "name", "idx"):
     if hasattr(key, attr):
       return str(getattr(key, attr))
@@ -88,54 +57,31 @@ def path_str(path: Sequence[Any]) -> str:
   return "/".join(_key_str(k) for k in path)
 
 
-def _is_nnx_variable(x: Any) -> bool:
-  return isinstance(x, _compat.nnx_variable_types())
-
-
 def _is_path_leaf(x: Any) -> bool:
-  return isinstance(x, optax.MaskedNode) or _is_nnx_variable(x)
+  return isinstance(x, (optax.MaskedNode, *_compat.nnx_variable_types()))
 
 
 def _paths(tree: Any) -> tuple[list[str], list[str], list[str]]:
-  """Path strings of `tree`'s leaves, of its ``optax.MaskedNode`` placeholders, of both.
-
-  The first list has one path per leaf of ``jax.tree.leaves(tree)`` (an NNX
-  Variable's ``value`` key is dropped); the second names the leaves that
-  ``optax.masked`` replaced by ``MaskedNode()`` (other partitions' parameters); the
-  third has all of them in tree order.
-  """
+  """Paths of `tree`'s leaves (one per leaf of ``jax.tree.leaves``, an NNX Variable's
+  ``value`` key dropped), of its ``optax.MaskedNode`` placeholders, and of both in order."""
   leaves: list[str] = []
   masked: list[str] = []
   every: list[str] = []
   for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_path_leaf)[0]:
-    p = path_str(path)
-    if isinstance(node, optax.MaskedNode):
-      masked.append(p)
-      every.append(p)
-    else:
-      n = len(jax.tree.leaves(node))
-      leaves.extend([p] * n)
-      every.extend([p] * n)
+    is_masked = isinstance(node, optax.MaskedNode)
+    p = [path_str(path)] * (1 if is_masked else len(jax.tree.leaves(node)))
+    (masked if is_masked else leaves).extend(p)
+    every.extend(p)
   return leaves, masked, every
 
 
-def _leaf_paths(tree: Any) -> list[str]:
-  """One path string per leaf of `tree` (an NNX Variable's ``value`` key is dropped)."""
-  return _paths(tree)[0]
-
-
-def _is_step_counter(x: Any) -> bool:
-  """True for what `optax.inject_hyperparams` passes a schedule: a scalar integer."""
-  if isinstance(x, (bool, np.bool_)):
-    return False
-  if isinstance(x, (int, np.integer)):
-    return True
-  dtype = getattr(x, "dtype", None)
-  return getattr(x, "shape", None) == () and dtype is not None and np.issubdtype(dtype, np.integer)
-
-
 def _check_params(params: Any, name: str) -> None:
-  if _is_step_counter(params):
+  """Raises for what `optax.inject_hyperparams` passes a schedule: a scalar integer."""
+  dtype = getattr(params, "dtype", None)
+  is_int = isinstance(params, (int, np.integer)) or (
+    getattr(params, "shape", None) == () and dtype is not None and np.issubdtype(dtype, np.integer)
+  )
+  if is_int and not isinstance(params, (bool, np.bool_)):
     raise TypeError(
       f"{name}: this mask was called with a step counter ({params!r}), not a params tree: "
       "probably by optax.inject_hyperparams, which calls every callable argument that is "
@@ -153,19 +99,11 @@ def tree_paths(tree: Any) -> Any:
     >>> tree_paths({'a': {'kernel': 1.0}, 'b': [2.0, 3.0]})
     {'a': {'kernel': 'a/kernel'}, 'b': ['b/0', 'b/1']}
   """
-  return jax.tree.unflatten(jax.tree.structure(tree), _leaf_paths(tree))
+  return jax.tree.unflatten(jax.tree.structure(tree), _paths(tree)[0])
 
 
 def compile_patterns(patterns: str | Sequence[str], arg: str) -> list[re.Pattern[str]]:
-  """Compiles regular expressions, naming `arg` when one is not a string or not valid.
-
-  Args:
-    patterns: one pattern or a sequence of them.
-    arg: the argument the patterns came from, for error messages.
-
-  Returns:
-    The compiled patterns, in order.
-  """
+  """Compiles one pattern or several; an error names `arg` (the argument they came from)."""
   if isinstance(patterns, str):
     patterns = [patterns]
   compiled = []
@@ -179,20 +117,10 @@ def compile_patterns(patterns: str | Sequence[str], arg: str) -> list[re.Pattern
   return compiled
 
 
-def _masked_note(masked: list[str]) -> str:
-  if not masked:
-    return ""
-  return (
-    " Paths of other partitions (optax.MaskedNode) count as matches, but an optax.masked "
-    "mask that is a prefix of the params (`{'backbone': False, ...}`) replaces a whole "
-    "subtree with one MaskedNode and hides the paths below it; give optax.masked a "
-    "per-leaf mask there, e.g. `masks.only_names('^head/')`."
-  )
-
-
 def _matcher(match: MatchMode) -> Callable[[re.Pattern[str], str], bool]:
   """How a pattern is tested against a '/'-joined path."""
   if match == "component":  # the whole of one component, or of a run of them
+
     def test(r: re.Pattern[str], path: str) -> bool:
       c = path.split("/")
       runs = ("/".join(c[i:j]) for i in range(len(c)) for j in range(i + 1, len(c) + 1))
@@ -222,10 +150,16 @@ def _name_mask(
       if every and not any(h[j] for h in hits) and not any(test(r, n) for n in masked):
         examples = ", ".join(repr(n) for n in every[:6])
         more = f" (and {len(every) - 6} more)" if len(every) > 6 else ""
+        note = (
+          " Paths of other partitions (optax.MaskedNode) count as matches, but an optax.masked "
+          "mask that is a prefix of the params (`{'backbone': False, ...}`) replaces a whole "
+          "subtree with one MaskedNode and hides the paths below it; give optax.masked a "
+          "per-leaf mask there, e.g. `masks.only_names('^head/')`."
+        )
         raise ValueError(
           f"{what}: pattern {r.pattern!r} matches no parameter "
           f"(match={match!r} over '/'-joined paths). Parameter paths look like: "
-          f"{examples}{more}.{_masked_note(masked)}"
+          f"{examples}{more}.{note if masked else ''}"
         )
     values = [any(h) == keep_matches for h in hits]
     return jax.tree_util.tree_unflatten(treedef, values)
@@ -267,11 +201,8 @@ def only_names(*patterns: str, match: MatchMode = "search") -> Callable[[Any], A
 
 
 def min_ndim(n: int = 2) -> Callable[[Any], Any]:
-  """Mask that is True for parameters with at least `n` dimensions.
-
-  ``min_ndim(2)`` is the common "skip biases and normalisation scales" rule: kernels
-  and embeddings are decayed and adapted, 1-D and scalar parameters are not.
-  """
+  """Mask that is True for parameters with at least `n` dimensions: ``min_ndim(2)`` is
+  the common "skip biases and normalisation scales" rule."""
   if not isinstance(n, int) or isinstance(n, bool) or n < 0:
     raise ValueError(f"`n` must be a non-negative int, got {n!r}.")
 
@@ -301,10 +232,8 @@ def _combine(masks: Sequence[Mask], op: Callable[[bool, bool], bool], name: str)
 
 
 def _check_selects(where: str, arg: str, mask: Any, tree: Any, bits: Sequence[bool]) -> None:
-  """A callable mask (a shape or combined rule) that selects no leaf of a whole
-  params tree is almost always a bug (every layer would silently be left out): raise,
-  as a name pattern that matches nothing does. Inside optax partitions (MaskedNode
-  present) an empty selection is legal, and `False` says "no leaf" on purpose."""
+  """Raises if a callable mask selects no leaf of a whole params tree (a bug, as a name
+  pattern that matches nothing); in an optax partition (MaskedNode present) it is legal."""
   names, masked, _ = _paths(tree)
   if names and not masked and not any(bits):
     rule = getattr(mask, "__name__", type(mask).__name__)
@@ -335,9 +264,8 @@ def resolve(
     tree: the params (or updates) the mask is for.
     arg: the argument name used in error messages.
     owner: the transformation whose argument it is, named first in error messages.
-    nonempty: raise if a callable mask (other than a name rule, whose patterns are
-      checked one by one) selects no leaf of a tree without ``optax.MaskedNode`` (a
-      whole params tree, not an optax partition).
+    nonempty: raise if a callable mask other than a name rule selects no leaf of a
+      whole params tree (not an optax partition).
 
   Returns:
     A list of Python bools aligned with ``jax.tree.leaves(tree)``.
@@ -355,11 +283,7 @@ def resolve(
   if isinstance(mask, (bool, np.bool_)):
     return [bool(mask)] * len(leaves)
   try:
-    expanded = jax.tree.map(
-      lambda m, sub: jax.tree.map(lambda _: m, sub),
-      mask,
-      tree,
-    )
+    expanded = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask, tree)
   except (ValueError, TypeError) as e:
     raise ValueError(
       f"{where}`{arg}` does not match the parameter tree: a mask must have the params' "

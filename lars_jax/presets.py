@@ -1,12 +1,10 @@
-"""Framework presets: the LARS of TF Model Garden (`tf_lars`, with Keras clipping
-`keras_clip`), DeepMind BYOL (`byol_lars`) and flax.optim (`flax_lars`).
+"""Framework presets: TF Model Garden (`tf_lars`, Keras clipping `keras_clip`), DeepMind
+BYOL (`byol_lars`), flax.optim (`flax_lars`); the PyTorch family is `lars_jax.torch_presets`.
 
-Each preset reproduces the update rule of one widely used implementation, so a recipe
-tuned there gives the same numbers here, zero guards included, as a thin `optax.chain`
-of the composable transforms. The PyTorch family is in `lars_jax.torch_presets`. TF's
-"popular" momentum needs no new transform: it is `trace` followed by
-`scale_by_trust_ratio`, so the ratio is taken on the momentum direction. Numeric
-hyperparameters may be traced (`optax.inject_hyperparams`): they are never branched on.
+Each is a thin `optax.chain` of the public transforms with its reference's numbers, zero
+guards included (README: "How the variants differ"); numeric hyperparameters may be
+traced. Every preset here and in `torch_presets` also takes, keyword-only, ``axis_name``
+(see `scale_by_trust_ratio`) and ``keep_stats`` (see `lars_jax.layer_stats`).
 """
 
 from __future__ import annotations
@@ -34,9 +32,8 @@ def keras_clip(
   *,
   axis_name: AxisNames = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Gradient clipping as a Keras optimizer's ``clipvalue``/``clipnorm``/``global_clipnorm``.
-
-  Applied in Keras' order, each only when given (``None`` disables it):
+  r"""Gradient clipping as a Keras optimizer's ``clipvalue``/``clipnorm``/``global_clipnorm``,
+  in Keras' order, each only when given:
 
   .. math::
 
@@ -44,16 +41,13 @@ def keras_clip(
     g &\leftarrow g \cdot c_n / \max(\|g\|, c_n) \quad\text{per leaf} \\
     g &\leftarrow g \cdot c_g / \max(N, c_g), \qquad N = \sqrt{\textstyle\sum_\ell \|g_\ell\|^2}
 
-  ``clipnorm`` and ``global_clipnorm`` exclude each other, as in Keras. A leaf whose
-  norm is within the bound is returned unchanged (no rounding). Norms are in float32
-  or wider; under `shard_map` pass `axis_name` as for `scale_by_trust_ratio`.
+  ``clipnorm`` and ``global_clipnorm`` exclude each other, as in Keras. A leaf within
+  the bound is returned unchanged.
 
   Args:
     clipvalue: :math:`c_v \ge 0`, the elementwise bound (real leaves only).
     clipnorm: :math:`c_n \ge 0`, the bound on each leaf's L2 norm.
     global_clipnorm: :math:`c_g \ge 0`, the bound on the norm of all leaves together.
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -67,19 +61,18 @@ def keras_clip(
     (Array([0.6, 0.8], dtype=float32), Array([0.5], dtype=float32))
   """
   name = "keras_clip"
-  for arg, value in [
-    ("clipvalue", clipvalue),
-    ("clipnorm", clipnorm),
-    ("global_clipnorm", global_clipnorm),
-  ]:
-    _checks.check_not_schedule(arg, value)
+  bounds = {"clipvalue": clipvalue, "clipnorm": clipnorm, "global_clipnorm": global_clipnorm}
+  _checks.check_numbers(**bounds)
+  for arg, value in bounds.items():
     _checks.check_scalar(arg, value, fix="Use None to disable it.")
-  _checks.check_one_clipnorm(clipnorm, global_clipnorm)
+  if clipnorm is not None and global_clipnorm is not None:
+    raise ValueError(
+      "`clipnorm` and `global_clipnorm` cannot both be set (Keras rejects this too): "
+      "pass one of them."
+    )
   by_norm = clipnorm if clipnorm is not None else global_clipnorm
 
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
+  init_fn = lambda params: optax.EmptyState()
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -99,15 +92,11 @@ def keras_clip(
       leaves = out
     if by_norm is not None:
       (norms,) = _numerics.layer_norms([leaves], _tree.leaf_axes(axis_name, updates))
-      if clipnorm is not None:
-        big = norms > clipnorm
-        scale = jnp.where(big, clipnorm / jnp.where(big, norms, 1.0), 1.0)
-        leaves = [jnp.where(big[i], _numerics.scale(g, scale[i]), g) for i, g in enumerate(leaves)]
-      else:
-        total = _numerics.safe_sqrt(jnp.sum(jnp.square(norms)))
-        big = total > global_clipnorm
-        scale = jnp.where(big, global_clipnorm / jnp.where(big, total, 1.0), 1.0)
-        leaves = [jnp.where(big, _numerics.scale(g, scale), g) for g in leaves]
+      if clipnorm is None:  # one global norm for every leaf
+        norms = jnp.broadcast_to(_numerics.safe_sqrt(jnp.sum(jnp.square(norms))), norms.shape)
+      big = norms > by_norm
+      scale = jnp.where(big, by_norm / jnp.where(big, norms, 1.0), 1.0)
+      leaves = [jnp.where(big[i], _numerics.scale(g, scale[i]), g) for i, g in enumerate(leaves)]
     return treedef.unflatten(leaves), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -146,56 +135,35 @@ def tf_lars(
 ) -> optax.GradientTransformationExtraArgs:
   r"""TensorFlow Model Garden's LARS (``tfm.optimization.lars.LARS``), same defaults.
 
-  Per leaf :math:`w` named by its '/'-joined path (`lars_jax.masks.path_str`, e.g.
-  ``params/Dense_0/kernel``), gradient :math:`g`, step :math:`c = 0, 1, \dots`:
+  Per leaf :math:`w` named by its '/'-joined path, gradient :math:`g`, step :math:`c`:
 
   1. Keras clipping of the raw gradients (`keras_clip`).
-  2. :math:`g \leftarrow g + \lambda w`, unless :math:`\lambda = 0` or a pattern of
-     `exclude_from_weight_decay` is found in the name (``re.search``).
-  3. :math:`\rho(x) = \eta\|w\|/\|x\|` (1 unless both norms are > 0, so a NaN norm
-     falls back to 1 and only the NaN elements stay NaN; 1 also if the name matches
-     `exclude_from_layer_adaptation`, which defaults to `exclude_from_weight_decay`
-     when None or empty: a :math:`\lambda = 0` config still stops adaptation there).
-  4. Classic momentum (default): :math:`v \leftarrow \mu v + \gamma(c)\rho(g) g`,
-     :math:`w \leftarrow w - v` (Nesterov: :math:`w \leftarrow w - (\mu v + \gamma(c)\rho(g) g)`).
-     This is `lars_jax.lars` with ``eps=0``: the learning rate sits inside the buffer.
-  5. Popular momentum (``classic_momentum=False``): :math:`v \leftarrow \mu v + g`,
-     :math:`u = v` (Nesterov: :math:`\mu v + g`), :math:`w \leftarrow w - \gamma(c)\rho(u) u`:
-     the ratio is taken on the momentum direction and the rate sits outside the buffer.
-
-  The chain: ``keras_clip``, then classic: ``scale_by_trust_ratio_with_decay,
-  scale_by_learning_rate, trace``; popular: ``add_decayed_weights, trace,
-  scale_by_trust_ratio, scale_by_learning_rate`` (ratios with
-  ``positive_norms_only=True``, TF's guard). A pattern that matches no
-  parameter raises ``ValueError`` listing real paths (Model Garden ignores it
-  silently; here it is almost always a Keras name such as ``batch_normalization``
-  that your JAX model spells ``BatchNorm_0``).
+  2. :math:`g \leftarrow g + \lambda w` unless `exclude_from_weight_decay` matches the
+     name (``re.search``; a pattern that matches no parameter raises).
+  3. :math:`\rho(x) = \eta\|w\|/\|x\|`, 1 unless both norms are > 0 or where
+     `exclude_from_layer_adaptation` (by default `exclude_from_weight_decay`) matches.
+  4. Classic momentum: :math:`v \leftarrow \mu v + \gamma(c)\rho(g) g`, :math:`w \leftarrow
+     w - v` (`lars` with ``eps=0``); popular: :math:`v \leftarrow \mu v + g`, :math:`w
+     \leftarrow w - \gamma(c)\rho(v) v`. Nesterov uses :math:`\mu v` + this step's term.
 
   Args:
-    learning_rate: :math:`\gamma \ge 0`, or a schedule (read at 0 on the first step).
+    learning_rate: :math:`\gamma \ge 0`, or a schedule.
     momentum: :math:`\mu \in [0, 1)`.
-    weight_decay_rate: :math:`\lambda \ge 0`, or a schedule (Keras takes a number).
+    weight_decay_rate: :math:`\lambda \ge 0`, or a schedule.
     eeta: the trust coefficient :math:`\eta \ge 0`.
     nesterov: Nesterov momentum.
     classic_momentum: classic (True) or popular (False) momentum, see above.
     exclude_from_weight_decay: regexes; matching leaves are not decayed.
     exclude_from_layer_adaptation: regexes; matching leaves get :math:`\rho = 1`.
-    clipnorm: Keras per-tensor norm clipping (None: off).
-    clipvalue: Keras elementwise value clipping (None: off).
-    global_clipnorm: Keras global norm clipping (None: off).
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
-    keep_stats: keep per-leaf norms and ratios in the state (`lars_jax.layer_stats`).
+    clipnorm, clipvalue, global_clipnorm: Keras clipping (`keras_clip`; None: off).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`.
+    An `optax.GradientTransformationExtraArgs`: classic ``chain(keras_clip,
+    scale_by_trust_ratio_with_decay, scale_by_learning_rate, trace)``; popular
+    ``chain(keras_clip, add_decayed_weights, trace, scale_by_trust_ratio,
+    scale_by_learning_rate)``; ratios with ``positive_norms_only=True``.
 
   Examples:
-    Popular momentum takes the ratio on the momentum direction, with the learning rate
-    outside the buffer; classic momentum (the default, = `lars_jax.lars` with
-    ``eps=0``) puts the scaled step into the buffer. On the second step, with a new
-    gradient direction, the two differ:
-
     >>> import jax.numpy as jnp, optax, lars_jax
     >>> params = {'dense': {'kernel': jnp.array([3.0, 4.0])}}
     >>> grads = [{'dense': {'kernel': jnp.array([1.0, 0.0])}},
@@ -205,56 +173,41 @@ def tf_lars(
     ...   state = tx.init(params)
     ...   for g in grads:
     ...     u, state = tx.update(g, state, params)
-    ...   print(classic, u['dense']['kernel'])
+    ...   print(classic, u['dense']['kernel'])  # the second step differs
     True [-0.45 -0.5 ]
     False [-0.33448 -0.37165]
     >>> lars_jax.tf_lars(exclude_from_weight_decay=['bias']).init(params)
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ValueError: exclude_names: pattern 'bias' matches no parameter ...
-
-  References:
-    You, Gitman & Ginsburg, `Large Batch Training of Convolutional Networks
-    <https://arxiv.org/abs/1708.03888>`_, 2017.
   """
   _checks.check_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
   _checks.check_scalar("weight_decay_rate", weight_decay_rate, fix="Use 0.0 to disable it.")
-  _checks.check_not_schedule("eeta", eeta)
+  _checks.check_numbers(eeta=eeta)
   _checks.check_scalar("eeta", eeta, fix="0.001 is usual.")
-  _checks.check_bool("nesterov", nesterov)
-  _checks.check_bool("classic_momentum", classic_momentum)
+  _checks.check_bools(nesterov=nesterov, classic_momentum=classic_momentum)
   decay_mask = _exclude_mask(exclude_from_weight_decay, "exclude_from_weight_decay")
-  if exclude_from_layer_adaptation:
-    adapt_mask = _exclude_mask(exclude_from_layer_adaptation, "exclude_from_layer_adaptation")
-  else:
-    _exclude_mask(exclude_from_layer_adaptation, "exclude_from_layer_adaptation")  # type
-    adapt_mask = decay_mask
+  adapt_mask = _exclude_mask(exclude_from_layer_adaptation, "exclude_from_layer_adaptation")
+  adapt_mask = adapt_mask if exclude_from_layer_adaptation else decay_mask
   clip = keras_clip(clipvalue, clipnorm, global_clipnorm, axis_name=axis_name)
   lr = transforms.scale_by_learning_rate(learning_rate)
-  momentum_tx = transforms.trace(momentum, nesterov=nesterov)
+  trace = transforms.trace(momentum, nesterov=nesterov)
   if classic_momentum:
-    decay_and_ratio = transforms.scale_by_trust_ratio_with_decay(
-      weight_decay_rate,
-      eeta,
-      0.0,
-      weight_decay_mask=decay_mask,
-      trust_ratio_mask=adapt_mask,
-      axis_name=axis_name,
-      keep_stats=keep_stats,
-      positive_norms_only=True,
-    )
-    return optax.chain(clip, decay_and_ratio, lr, momentum_tx)
+    ratio = _tf_trust_ratio(weight_decay_rate, eeta, decay_mask, adapt_mask, axis_name, keep_stats)
+    return optax.chain(clip, ratio, lr, trace)
   decay = transforms.add_decayed_weights(weight_decay_rate, mask=decay_mask)
-  ratio = transforms.scale_by_trust_ratio(
-    eeta,
-    0.0,
-    mask=adapt_mask,
-    axis_name=axis_name,
-    keep_stats=keep_stats,
-    positive_norms_only=True,
+  kw = {"axis_name": axis_name, "keep_stats": keep_stats, "positive_norms_only": True}
+  return optax.chain(
+    clip, decay, trace, transforms.scale_by_trust_ratio(eeta, 0.0, adapt_mask, **kw), lr
   )
-  return optax.chain(clip, decay, momentum_tx, ratio, lr)
+
+
+def _tf_trust_ratio(weight_decay, eta, decay_mask, adapt_mask, axis_name, keep_stats):
+  """`scale_by_trust_ratio_with_decay` with TF's guard and no eps (`tf_lars`, `byol_lars`)."""
+  masks = {"weight_decay_mask": decay_mask, "trust_ratio_mask": adapt_mask}
+  kw = {"axis_name": axis_name, "keep_stats": keep_stats, "positive_norms_only": True}
+  return transforms.scale_by_trust_ratio_with_decay(weight_decay, eta, **masks, **kw)
 
 
 def byol_lars(
@@ -276,14 +229,8 @@ def byol_lars(
     r = \eta\|w\| / \|u\| \ \text{(1 unless both norms} > 0\text{)}, \qquad
     m \leftarrow \mu m + r u, \qquad w \leftarrow w - \gamma(c)\, m
 
-  The buffer accumulates the ratio-scaled update *without* the learning rate, which
-  multiplies the buffer afterwards (BYOL rebuilds its optimizer with the current rate
-  every step; here the schedule is read at the step count). The chain
-  ``scale_by_trust_ratio_with_decay(positive_norms_only=True), trace,
-  scale_by_learning_rate``. BYOL's ``weight_decay_filter`` and
-  ``lars_adaptation_filter`` are the two masks (True = decay / adapt); its
-  ``exclude_bias_and_norm`` filter on haiku params is
-  ``masks.exclude_names('b', '.*norm.*/[^/]+', match='component')`` (README, Migrating).
+  The chain ``scale_by_trust_ratio_with_decay(positive_norms_only=True), trace,
+  scale_by_learning_rate``: the rate multiplies the buffer (README, Migrating: BYOL).
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule (BYOL: warm-up + cosine).
@@ -292,16 +239,12 @@ def byol_lars(
     eta: the trust coefficient :math:`\eta \ge 0`.
     weight_decay_mask: which leaves to decay (BYOL's ``weight_decay_filter``).
     trust_ratio_mask: which leaves to adapt (BYOL's ``lars_adaptation_filter``).
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
-    keep_stats: keep per-leaf norms and ratios in the state (`lars_jax.layer_stats`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
 
   Examples:
-    Under a warm-up the rate multiplies the whole buffer: step 2 applies 0.2 to
-    both gradients, where `lars` applies 0.1 to the first and 0.2 to the second.
+    Under a warm-up, step 2 applies 0.2 to both gradients (`lars`: 0.1, then 0.2).
 
     >>> import jax.numpy as jnp, optax, lars_jax
     >>> w, g = jnp.array([3.0, 4.0]), jnp.array([0.6, 0.8])  # r = 0.005
@@ -314,24 +257,13 @@ def byol_lars(
     [-0.00114 -0.00152]
     [-0.00087 -0.00116]
   """
-  _checks.check_learning_rate(learning_rate)
-  _checks.check_not_schedule("momentum", momentum)
+  lr = transforms.scale_by_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
-  _checks.check_not_schedule("eta", eta)
-  return optax.chain(
-    transforms.scale_by_trust_ratio_with_decay(
-      weight_decay,
-      eta,
-      0.0,
-      weight_decay_mask=weight_decay_mask,
-      trust_ratio_mask=trust_ratio_mask,
-      axis_name=axis_name,
-      keep_stats=keep_stats,
-      positive_norms_only=True,
-    ),
-    transforms.trace(momentum),
-    transforms.scale_by_learning_rate(learning_rate),
+  _checks.check_numbers(eta=eta)
+  ratio = _tf_trust_ratio(
+    weight_decay, eta, weight_decay_mask, trust_ratio_mask, axis_name, keep_stats
   )
+  return optax.chain(ratio, transforms.trace(momentum), lr)
 
 
 def flax_lars(
@@ -352,13 +284,9 @@ def flax_lars(
     r = \eta\|w\| / (\|g\| + \lambda\|w\| + \epsilon) \ \text{(1 where a norm is 0)},
     \qquad v \leftarrow \beta v + \gamma(c)\, r\,(g + \lambda w), \qquad w \leftarrow w - v
 
-  (Nesterov: :math:`w \leftarrow w - (\gamma(c) r (g + \lambda w) + \beta v)`). The
-  sum of the norms, on the raw gradient; every leaf is adapted, and a zero gradient
-  still takes the decay step :math:`\gamma\lambda w` at ratio 1. The learning rate
-  sits inside the buffer. The chain ``scale_by_sum_norms_trust_ratio(guard='flax',
-  adapt_without_decay=True), scale_by_learning_rate, trace``. The zero guard is
-  flax's since September 2020 (the version optax was tested against); flax.optim's
-  ``MultiOptimizer`` is `optax.multi_transform` (README, Migrating: MLPerf).
+  (Nesterov: :math:`w \leftarrow w - (\gamma(c) r (g + \lambda w) + \beta v)`): the
+  chain ``scale_by_sum_norms_trust_ratio(guard='flax', adapt_without_decay=True),
+  scale_by_learning_rate, trace``, with flax's zero guard of September 2020.
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule.
@@ -367,16 +295,12 @@ def flax_lars(
     trust_coefficient: :math:`\eta \ge 0`.
     eps: :math:`\epsilon \ge 0`.
     nesterov: Nesterov momentum.
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
-    keep_stats: keep per-leaf norms and ratios in the state (`lars_jax.layer_stats`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
 
   Examples:
-    A zero gradient with weight decay: `flax_lars` still decays the leaf (ratio 1);
-    `torch_lars` (Lightning Flash) passes the zero through.
+    A zero gradient: `flax_lars` still decays the leaf; `torch_lars` passes it through.
 
     >>> import jax.numpy as jnp, lars_jax
     >>> w, g = jnp.array([3.0, 4.0]), jnp.zeros(2)
@@ -386,19 +310,11 @@ def flax_lars(
     [-0.15 -0.2 ]
     [-0. -0.]
   """
-  _checks.check_learning_rate(learning_rate)
-  _checks.check_not_schedule("beta", beta)
+  lr = transforms.scale_by_learning_rate(learning_rate)
   _checks.check_momentum("beta", beta)
-  return optax.chain(
-    scale_by_sum_norms_trust_ratio(
-      trust_coefficient,
-      weight_decay,
-      eps,
-      adapt_without_decay=True,
-      guard="flax",
-      axis_name=axis_name,
-      keep_stats=keep_stats,
-    ),
-    transforms.scale_by_learning_rate(learning_rate),
-    transforms.trace(beta, nesterov=nesterov),
+  trace = transforms.trace(beta, nesterov=nesterov)
+  kw = {"adapt_without_decay": True, "guard": "flax", "axis_name": axis_name}
+  rewrite = scale_by_sum_norms_trust_ratio(
+    trust_coefficient, weight_decay, eps, **kw, keep_stats=keep_stats
   )
+  return optax.chain(rewrite, lr, trace)

@@ -1,11 +1,6 @@
-r"""MLPerf-style learning-rate schedules, built from optax schedules.
-
-Each function returns an optax schedule: a function of the step count ``c = 0, 1, ...``
-(the count *before* the update, so the first update reads ``schedule(0)``). Both start
-with an optional linear warm-up from 0 (`optax.linear_schedule`) and are joined to what
-follows with `optax.join_schedules`; they add only argument checks and the MLPerf
-conventions. The YAML-able schedule configs of `lars_jax.OptimizerConfig` live in
-`lars_jax.config`.
+"""MLPerf-style learning-rate schedules, built from optax schedules: functions of the step
+count ``c = 0, 1, ...`` (the first update reads ``schedule(0)``), with an optional linear
+warm-up from 0 joined by `optax.join_schedules`. Their YAML configs are in `lars_jax.config`.
 """
 
 from __future__ import annotations
@@ -54,8 +49,7 @@ def warmup_polynomial_decay(
 ) -> optax.Schedule:
   r"""The MLPerf LARS schedule: linear warm-up, then polynomial decay to `end_value`.
 
-  With :math:`W` warm-up steps, :math:`T` total steps and :math:`D = T - W + 1`
-  (MLPerf's ``decay_steps = train_steps - warmup_steps + 1``):
+  With :math:`W` warm-up steps, :math:`T` total steps and MLPerf's :math:`D = T - W + 1`:
 
   .. math::
 
@@ -64,17 +58,13 @@ def warmup_polynomial_decay(
       \gamma_e + (\gamma_0 - \gamma_e)\,(1 - \min(c - W, D) / D)^p & c \ge W
     \end{cases}
 
-  so the peak :math:`\gamma_0` is reached at :math:`c = W` and the rate never quite
-  reaches :math:`\gamma_e` within :math:`T` steps. ``warmup_steps=0`` starts at the peak.
-  This is ``optax.join_schedules`` of ``optax.linear_schedule(0, peak, W)``,
-  ``optax.polynomial_schedule(peak, end, power, D)`` and, from :math:`c = W + D` on,
-  ``optax.constant_schedule(end)`` (which keeps a fractional power finite under `jit`).
+  and the constant :math:`\gamma_e` from :math:`c = W + D` on (a fractional power stays
+  finite under `jit`).
 
   Args:
     peak_value: :math:`\gamma_0 \ge 0`.
-    warmup_steps: :math:`W \ge 0`; may be fractional, as MLPerf's arithmetic gives
-      (18 epochs of 39.25 steps: 706.5).
-    total_steps: :math:`T > W`, the number of training steps (may be fractional).
+    warmup_steps: :math:`W \ge 0`; may be fractional (MLPerf: 18 epochs of 39.25 steps).
+    total_steps: :math:`T > W` (may be fractional).
     end_value: :math:`\gamma_e \ge 0` (MLPerf ResNet-50: 1e-4).
     power: :math:`p > 0` (MLPerf: 2).
 
@@ -104,10 +94,7 @@ def warmup_polynomial_decay(
 
 
 def warmup_piecewise_constant(
-  base_value: float,
-  boundaries: Sequence[int],
-  factors: Sequence[float],
-  warmup_steps: int = 0,
+  base_value: float, boundaries: Sequence[int], factors: Sequence[float], warmup_steps: int = 0
 ) -> optax.Schedule:
   r"""Step decay: ``base_value * factors[i]`` once the count reaches ``boundaries[i]``.
 
@@ -116,9 +103,7 @@ def warmup_piecewise_constant(
     \gamma(c) = \gamma_0 \, f_k, \quad k = \#\{i : c \ge b_i\}, \quad f_0 = 1
 
   after a linear warm-up :math:`\gamma_0 c / W` for :math:`c < W`. The factors are
-  relative to `base_value`, not to the previous piece (``[0.1, 0.01]``, not
-  ``[0.1, 0.1]``). This is `optax.join_schedules` of `optax.constant_schedule` pieces
-  (`optax.piecewise_constant_schedule` multiplies factors, which cannot follow a 0).
+  relative to `base_value`, unlike `optax.piecewise_constant_schedule`'s.
 
   Args:
     base_value: :math:`\gamma_0 \ge 0`.

@@ -1,19 +1,7 @@
 """Optimizer-state shardings from parameter shardings, for pjit, shard_map and orbax.
 
-Every leaf of an optimizer state that mirrors a parameter (a momentum buffer) lives
-where that parameter lives; everything else (step counts, and the per-layer scalars
-that ``keep_stats=True`` keeps) is replicated. `state_shardings` gives that as a tree
-with exactly the state's structure, so it can be zipped with the state
-(``jax.tree.map(f, state, shardings)``), given to ``jax.jit(out_shardings=)`` and
-turned into orbax restore targets by `abstract_state`.
-
-Why not `optax.tree_map_params` alone: it finds the parameter-shaped parts of a state
-by initialising the optimizer on a leafless placeholder, and calls
-``transform_non_params`` once per leaf of *that* placeholder state. A `LayerStats`
-field built on a leafless tree is one leaf, so with ``lambda _: replicated`` the whole
-params-shaped tree of statistics gets one sharding: a prefix of the state, which
-``jit`` accepts but ``jax.tree.map(..., abstract_state, shardings)`` rejects. Here
-``transform_non_params`` replicates every leaf of the part it is given.
+A state leaf that mirrors a parameter lives where it lives; the rest (counts,
+``keep_stats`` scalars) is replicated, one sharding per leaf (README: Training on pods).
 """
 
 from __future__ import annotations
@@ -23,6 +11,7 @@ from typing import Any
 import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
+from optax import GradientTransformation, Params
 
 from lars_jax import masks as masks_lib
 
@@ -30,19 +19,13 @@ __all__ = ["abstract_state", "state_shardings"]
 
 
 def state_shardings(
-  tx: optax.GradientTransformation,
-  params: optax.Params,
-  param_shardings: Any = None,
-  *,
-  replicated: Any = None,
+  tx: GradientTransformation, params: Params, param_shardings: Any = None, *, replicated: Any = None
 ) -> Any:
   """The shardings of ``tx.init(params)``, leaf for leaf: the params' where they mirror a
   parameter, `replicated` elsewhere.
 
-  Nothing is allocated: the state's structure comes from ``jax.eval_shape(tx.init,
-  params)``. Works for any optax optimizer whose parameter-shaped state
-  `optax.tree_map_params` finds (every lars_jax transform and preset, ``keep_stats``
-  included, `optax.chain`, `optax.inject_hyperparams`, SGD, Adam, ...).
+  Nothing is allocated (``jax.eval_shape``). Works for any optimizer whose
+  parameter-shaped state `optax.tree_map_params` finds (lars_jax's, SGD, Adam, ...).
 
   Args:
     tx: the optimizer.
@@ -73,39 +56,28 @@ def state_shardings(
     param_shardings = jax.tree_util.tree_map_with_path(_own_sharding, params)
   if replicated is None:
     replicated = _replicated_like(param_shardings)
+  replicate = lambda part: jax.tree.map(lambda _: replicated, part)
   abstract = jax.eval_shape(tx.init, params)
   return optax.tree_map_params(
-    tx,
-    lambda _, sharding: sharding,
-    abstract,
-    param_shardings,
-    transform_non_params=lambda part: jax.tree.map(lambda _: replicated, part),
+    tx, lambda _, sh: sh, abstract, param_shardings, transform_non_params=replicate
   )
 
 
 def abstract_state(
-  tx: optax.GradientTransformation,
-  params: optax.Params,
-  param_shardings: Any = None,
-  *,
-  replicated: Any = None,
+  tx: GradientTransformation, params: Params, param_shardings: Any = None, *, replicated: Any = None
 ) -> Any:
   """``tx.init(params)`` as `jax.ShapeDtypeStruct`s carrying `state_shardings`.
 
-  The target for a sharded restore (``orbax.checkpoint.args.StandardRestore``: each
-  array is read straight into its shards) and for ``jax.jit(tx.init,
-  out_shardings=...)``. Arguments as in `state_shardings` (NamedShardings, not
-  PartitionSpecs).
+  The target for a sharded orbax restore (each array read straight into its shards) and
+  for ``jax.jit(tx.init, out_shardings=...)``. Arguments as in `state_shardings`
+  (NamedShardings, not PartitionSpecs).
 
   Returns:
     A tree with the structure of ``tx.init(params)``.
   """
   shardings = state_shardings(tx, params, param_shardings, replicated=replicated)
-  return jax.tree.map(
-    lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-    jax.eval_shape(tx.init, params),
-    shardings,
-  )
+  abstract = lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)
+  return jax.tree.map(abstract, jax.eval_shape(tx.init, params), shardings)
 
 
 def _own_sharding(path: Any, leaf: Any) -> Any:

@@ -1,8 +1,8 @@
 """The PyTorch LARS family: Lightning Flash (`torch_lars`), NVIDIA Apex (`larc`), timm
 (`timm_lars`), and the gradient rewrite they share (`scale_by_sum_norms_trust_ratio`).
 
-PyTorch's SGD momentum is `lars_jax.torch_trace`. Numeric hyperparameters may be
-traced (`optax.inject_hyperparams`): they are never branched on.
+PyTorch's SGD momentum is `lars_jax.torch_trace`. As in `lars_jax.presets`, numeric
+hyperparameters may be traced, and every preset takes ``axis_name`` and ``keep_stats``.
 """
 
 from __future__ import annotations
@@ -40,9 +40,8 @@ def scale_by_sum_norms_trust_ratio(
 ) -> optax.GradientTransformationExtraArgs:
   r"""The PyTorch LARS gradient rewrite: decay and scale by a sum-of-norms ratio.
 
-  For each leaf with parameter :math:`w` and raw gradient :math:`g`, at step :math:`c`,
-  with :math:`\lambda_\ell = \lambda(c)` where `mask` is True and 0 elsewhere (a
-  PyTorch parameter group with ``weight_decay=0``):
+  Per leaf :math:`w`, raw gradient :math:`g`, step :math:`c`, with :math:`\lambda_\ell =
+  \lambda(c)` where `mask` is True and 0 elsewhere (a group with ``weight_decay=0``):
 
   .. math::
 
@@ -51,36 +50,25 @@ def scale_by_sum_norms_trust_ratio(
         \text{ (1 while } \gamma = 0\text{), else } r, \qquad
     d = a\,(g + \lambda_\ell w)
 
-  on leaves that are adapted: those with :math:`\lambda_\ell \ne 0`, or all with
-  `adapt_without_decay`; the others pass :math:`g` through. Unlike
-  `scale_by_trust_ratio`, the denominator is the *sum* of the norms, taken on the raw
-  gradient. Where a norm is zero the references differ (`guard`):
+  on adapted leaves (:math:`\lambda_\ell \ne 0`, or all with `adapt_without_decay`); the
+  others pass :math:`g` through. The denominator is the *sum* of the norms, on the raw
+  gradient. Where a norm is zero the references differ (`guard`; `lars_jax._numerics`):
 
-  * ``'pytorch'`` (Lightning Flash, Apex LARC): ``!= 0`` tests; where a norm is 0 the
-    leaf passes :math:`g` through, neither decayed nor scaled. A NaN or Inf norm
-    makes the whole leaf NaN (or Inf).
-  * ``'timm'``: :math:`r = 1` unless both norms are > 0, the decay is still added,
-    and the clip applies to that fallback too (:math:`\min(1/\gamma, 1)`). A NaN
-    norm gives :math:`r = 1`: only the NaN elements stay NaN.
-  * ``'flax'`` (flax.optim): :math:`r = 1` where a norm is exactly 0, the decay is
-    still added; a NaN norm makes the whole leaf NaN.
-
-  A Python ``weight_decay`` of 0 without `adapt_without_decay` makes this the identity.
+  * ``'pytorch'`` (Flash, Apex LARC): where a norm is 0, :math:`g` passes through.
+  * ``'timm'``: :math:`r = 1` unless both norms are > 0 (NaN too); decay still added.
+  * ``'flax'``: :math:`r = 1` where a norm is exactly 0; decay still added.
 
   Args:
     trust_coefficient: :math:`\eta \ge 0`.
     weight_decay: :math:`\lambda \ge 0`, or a schedule.
     eps: :math:`\epsilon \ge 0`, added to the denominator.
     mask: which leaves are in the decayed group (see `lars_jax.masks`); None: all.
-    adapt_without_decay: adapt leaves whose decay is 0 too (LARC, timm's
-      ``always_adapt``, flax.optim).
-    clip_learning_rate: :math:`\gamma` for LARC's clip mode and timm's
-      ``trust_clip`` (None: no clip).
+    adapt_without_decay: adapt leaves whose decay is 0 too (LARC, timm, flax.optim).
+    clip_learning_rate: :math:`\gamma` for LARC's and timm's clip (None: no clip).
     guard: the zero-norm rule, see above.
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
-    keep_stats: keep :math:`\|w\|`, :math:`\|g\|` and the applied factor (1 where
-      the leaf passed through) per adaptable leaf in the state (`lars_jax.layer_stats`).
+    axis_name: as in `scale_by_trust_ratio`.
+    keep_stats: keep :math:`\|w\|`, :math:`\|g\|` and the applied factor (1 where the
+      leaf passed through) in the state (`lars_jax.layer_stats`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -101,11 +89,10 @@ def scale_by_sum_norms_trust_ratio(
   """
   name = "scale_by_sum_norms_trust_ratio"
   _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable it.")
-  for arg, value in [("trust_coefficient", trust_coefficient), ("eps", eps)]:
-    _checks.check_not_schedule(arg, value)
-    _checks.check_scalar(arg, value)
-  _checks.check_bool("adapt_without_decay", adapt_without_decay)
-  _checks.check_bool("keep_stats", keep_stats)
+  _checks.check_numbers(trust_coefficient=trust_coefficient, eps=eps)
+  _checks.check_scalar("trust_coefficient", trust_coefficient)
+  _checks.check_scalar("eps", eps)
+  _checks.check_bools(adapt_without_decay=adapt_without_decay, keep_stats=keep_stats)
   if guard not in ("pytorch", "timm", "flax"):
     raise ValueError(f"`guard` must be 'pytorch', 'timm' or 'flax', got {guard!r}.")
   if clip_learning_rate is not None:
@@ -170,8 +157,6 @@ def torch_lars(
 ) -> optax.GradientTransformationExtraArgs:
   r"""The PyTorch LARS of Lightning Flash (SimCLR/BYOL lineage), same defaults.
 
-  Per leaf :math:`w` with raw gradient :math:`g`:
-
   .. math::
 
     d &= \frac{\eta\|w\|}{\|g\| + \lambda\|w\| + \epsilon}\,(g + \lambda w)
@@ -180,11 +165,8 @@ def torch_lars(
       \qquad d \leftarrow d + \mu b \text{ (Nesterov) or } b \\
     w &\leftarrow w - \gamma(c)\, d
 
-  The chain ``scale_by_sum_norms_trust_ratio, torch_trace, scale_by_learning_rate``:
-  the learning rate is applied *after* the momentum. Leaves where `weight_decay_mask`
-  is False behave as a parameter group with ``weight_decay=0``: neither decayed nor
-  adapted (plain momentum SGD). With the defaults (:math:`\lambda = 0`, :math:`\mu = 0`)
-  this is plain SGD, as in Flash. A Python ``momentum=0`` keeps no buffer.
+  with :math:`g` the raw gradient. Leaves where `weight_decay_mask` is False (a group
+  with ``weight_decay=0``) are neither decayed nor adapted.
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule (read at 0 on the first step).
@@ -195,17 +177,13 @@ def torch_lars(
     trust_coefficient: :math:`\eta \ge 0`.
     eps: :math:`\epsilon \ge 0`, added to the denominator.
     weight_decay_mask: which leaves are in the decayed group (see `lars_jax.masks`).
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
-    keep_stats: keep per-leaf norms and ratios in the state (`lars_jax.layer_stats`).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`.
+    An `optax.GradientTransformationExtraArgs`: ``chain(scale_by_sum_norms_trust_ratio,
+    torch_trace, scale_by_learning_rate)``.
 
   Examples:
-    The ratio divides by :math:`\|g\| + \lambda\|w\|`, not :math:`\|g + \lambda w\|`
-    as in `lars_jax.lars`, and the learning rate comes after the momentum. With
-    :math:`w = (3, 4)`, :math:`g = (0.4, -0.3)` (orthogonal to :math:`w`), :math:`\lambda = 0.1`:
+    The ratio divides by :math:`\|g\| + \lambda\|w\|`, `lars` by :math:`\|g + \lambda w\|`:
 
     >>> import jax.numpy as jnp, lars_jax
     >>> w, g = jnp.array([3.0, 4.0]), jnp.array([0.4, -0.3])
@@ -215,25 +193,20 @@ def torch_lars(
     ...   print(u)  # torch_lars: 0.005 / 1.0 * (0.7, 0.1); lars: 0.005 / 0.7071 * (0.7, 0.1)
     [-0.0035 -0.0005]
     [-0.00495 -0.00071]
-
-  References:
-    You, Gitman & Ginsburg, `Large Batch Training of Convolutional Networks
-    <https://arxiv.org/abs/1708.03888>`_, 2017.
   """
   _checks.check_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
-  return optax.chain(
-    scale_by_sum_norms_trust_ratio(
-      trust_coefficient,
-      weight_decay,
-      eps,
-      mask=weight_decay_mask,
-      axis_name=axis_name,
-      keep_stats=keep_stats,
-    ),
-    transforms.torch_trace(momentum, dampening, nesterov=nesterov),
-    transforms.scale_by_learning_rate(learning_rate),
+  stats = {"axis_name": axis_name, "keep_stats": keep_stats}
+  rewrite = scale_by_sum_norms_trust_ratio(
+    trust_coefficient, weight_decay, eps, weight_decay_mask, **stats
   )
+  return _torch_sgd(rewrite, learning_rate, momentum, dampening, nesterov)
+
+
+def _torch_sgd(rewrite, learning_rate, momentum, dampening, nesterov):
+  """`rewrite`, then PyTorch's SGD momentum, then the learning rate."""
+  trace = transforms.torch_trace(momentum, dampening, nesterov=nesterov)
+  return optax.chain(rewrite, trace, transforms.scale_by_learning_rate(learning_rate))
 
 
 def larc(
@@ -250,15 +223,10 @@ def larc(
 ) -> optax.GradientTransformationExtraArgs:
   r"""NVIDIA Apex's LARC around any optax optimizer.
 
-  ``chain(scale_by_sum_norms_trust_ratio(..., adapt_without_decay=True,
-  clip_learning_rate=learning_rate if clip else None), inner)``: each gradient is
-  rewritten (sum-of-norms ratio, clip mode
-  :math:`\min(r/\gamma, 1)` or scale mode :math:`r`, decay added only where both norms
-  are non-zero), then `inner` runs. Pass the inner optimizer's learning rate (or the
-  same schedule: both count steps from 0) as `learning_rate`, and give `inner` no
-  weight decay of its own. ``larc(optax.sgd(lr, momentum=m), learning_rate=lr,
-  weight_decay=wd, clip=False)`` equals ``torch_lars(lr, momentum=m,
-  weight_decay=wd, trust_coefficient=0.02)`` (Apex over ``torch.optim.SGD``).
+  Each gradient is rewritten (`scale_by_sum_norms_trust_ratio` with
+  ``adapt_without_decay=True``, clip mode :math:`\min(r/\gamma, 1)` or scale mode
+  :math:`r`), then `inner` runs; give `inner` no weight decay. With ``optax.sgd`` and
+  ``clip=False`` this is `torch_lars` with ``trust_coefficient=0.02``.
 
   Args:
     inner: the optimizer to wrap, e.g. ``optax.sgd(lr, momentum=0.9)``.
@@ -268,18 +236,13 @@ def larc(
     clip: clip mode (Apex's default) if True, scale mode if False.
     eps: :math:`\epsilon \ge 0`.
     weight_decay_mask: which leaves are in the decayed parameter group; the others
-      (a group with ``weight_decay=0``) are adapted without decay, as LARC does.
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
-    keep_stats: keep per-leaf norms and the applied factor in the state
-      (`lars_jax.layer_stats`).
+      are adapted without decay, as LARC does.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
 
   Examples:
-    Clip mode caps each layer's rate at the global one: a layer whose ratio is above
-    the learning rate takes plain SGD steps, one below it is slowed down.
+    Clip mode caps each layer's rate at the global one:
 
     >>> import jax.numpy as jnp, optax, lars_jax
     >>> params = {'big': jnp.array([30.0, 40.0]), 'small': jnp.array([0.3, 0.4])}
@@ -295,20 +258,13 @@ def larc(
       f"momentum=0.9)), got {type(inner).__name__}."
     )
   _checks.check_learning_rate(learning_rate)
-  _checks.check_bool("clip", clip)
-  return optax.chain(
-    scale_by_sum_norms_trust_ratio(
-      trust_coefficient,
-      weight_decay,
-      eps,
-      mask=weight_decay_mask,
-      adapt_without_decay=True,
-      clip_learning_rate=learning_rate if clip else None,
-      axis_name=axis_name,
-      keep_stats=keep_stats,
-    ),
-    inner,
+  _checks.check_bools(clip=clip)
+  kw = {"adapt_without_decay": True, "clip_learning_rate": learning_rate if clip else None}
+  stats = {"axis_name": axis_name, "keep_stats": keep_stats}
+  rewrite = scale_by_sum_norms_trust_ratio(
+    trust_coefficient, weight_decay, eps, weight_decay_mask, **kw, **stats
   )
+  return optax.chain(rewrite, inner)
 
 
 def timm_lars(
@@ -328,8 +284,8 @@ def timm_lars(
 ) -> optax.GradientTransformationExtraArgs:
   r"""timm's ``Lars`` (``timm.optim.Lars``), same keywords and defaults.
 
-  Per leaf :math:`w` with raw gradient :math:`g`, in a group with decay :math:`\lambda`
-  (`weight_decay` where `weight_decay_mask`, 0 in the other group):
+  Per leaf :math:`w`, raw gradient :math:`g`, group decay :math:`\lambda` (0 where
+  `weight_decay_mask` is False):
 
   .. math::
 
@@ -339,30 +295,16 @@ def timm_lars(
     b &= d \ \text{(first step)}, \quad b \leftarrow \mu b + (1 - \tau) d, \qquad
     w \leftarrow w - \gamma(c)\,(b \text{, or } d + \mu b \text{ with Nesterov})
 
-  Unlike `torch_lars` (Lightning Flash), a zero gradient still takes the decay step
-  at ratio 1, a NaN norm gives ratio 1 (only the NaN elements stay NaN), and the clip
-  applies to that fallback too. The chain ``scale_by_sum_norms_trust_ratio(guard=
-  'timm'), torch_trace, scale_by_learning_rate``. timm's usual two parameter groups
-  (``weight_decay=0`` for biases and norm scales) are `weight_decay_mask`, e.g.
-  ``masks.min_ndim(2)``.
-
   Args:
-    learning_rate: :math:`\gamma \ge 0`, or a schedule.
-    momentum: :math:`\mu \in [0, 1)`.
-    dampening: :math:`\tau \in [0, 1]`.
-    weight_decay: :math:`\lambda \ge 0`, or a schedule.
-    nesterov: Nesterov momentum (needs :math:`\mu > 0`, :math:`\tau = 0`).
+    learning_rate, momentum, dampening, weight_decay, nesterov, eps: as in `torch_lars`.
     trust_coeff: :math:`\eta \ge 0`.
-    eps: :math:`\epsilon \ge 0`.
     trust_clip: clip the ratio to :math:`\min(r/\gamma, 1)`.
     always_adapt: adapt the group without weight decay too.
     weight_decay_mask: which leaves are in the decayed group (see `lars_jax.masks`).
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
-    keep_stats: keep per-leaf norms and the applied factor (`lars_jax.layer_stats`).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`.
+    An `optax.GradientTransformationExtraArgs`: ``chain(scale_by_sum_norms_trust_ratio(
+    guard='timm'), torch_trace, scale_by_learning_rate)``.
 
   Examples:
     ``trust_clip`` clips the zero-gradient fallback ratio 1 to :math:`1/\gamma`:
@@ -376,20 +318,12 @@ def timm_lars(
     [-0.3 -0.4]
   """
   _checks.check_learning_rate(learning_rate)
-  _checks.check_bool("trust_clip", trust_clip)
-  _checks.check_bool("always_adapt", always_adapt)
-  return optax.chain(
-    scale_by_sum_norms_trust_ratio(
-      trust_coeff,
-      weight_decay,
-      eps,
-      mask=weight_decay_mask,
-      adapt_without_decay=always_adapt,
-      clip_learning_rate=learning_rate if trust_clip else None,
-      guard="timm",
-      axis_name=axis_name,
-      keep_stats=keep_stats,
-    ),
-    transforms.torch_trace(momentum, dampening, nesterov=nesterov),
-    transforms.scale_by_learning_rate(learning_rate),
+  _checks.check_momentum("momentum", momentum)
+  _checks.check_bools(trust_clip=trust_clip, always_adapt=always_adapt)
+  clip_lr = learning_rate if trust_clip else None
+  kw = {"adapt_without_decay": always_adapt, "clip_learning_rate": clip_lr, "guard": "timm"}
+  stats = {"axis_name": axis_name, "keep_stats": keep_stats}
+  rewrite = scale_by_sum_norms_trust_ratio(
+    trust_coeff, weight_decay, eps, weight_decay_mask, **kw, **stats
   )
+  return _torch_sgd(rewrite, learning_rate, momentum, dampening, nesterov)

@@ -1,25 +1,8 @@
-"""Composable optax GradientTransformations that make up LARS.
+"""Composable optax transformations that make up LARS.
 
-Each factory returns an `optax.GradientTransformationExtraArgs` that works on its own,
-inside `optax.chain`, `optax.inject_hyperparams`, `optax.MultiSteps`, `optax.masked`
-and friends. `lars_jax.lars` is
-
-    scale_by_trust_ratio_with_decay -> scale_by_learning_rate -> trace
-
-where the first is `add_decayed_weights` followed by `scale_by_trust_ratio`, in one
-transform that owns both (same numbers as the chain of the two; see its docstring for
-why it is one).
-
-Numerics: layer norms and the trust ratio are computed in float32 or wider (float64
-for float64 parameters), so bfloat16/float16 parameters never underflow an `eps` or
-overflow a squared norm. Every update keeps the dtype of the incoming update. An exact
-zero norm gives a ratio of 1, never NaN; a NaN or Inf norm is not hidden.
-
-Layer norms of all leaves are computed together and the trust ratio is computed as
-one vector, so a tree with many small leaves costs a handful of XLA ops more than a
-tree with one leaf, and under `shard_map` the cross-device sum is a single
-collective for all leaves, whatever mesh axes each is split over (see `axis_name` in
-`scale_by_trust_ratio`).
+Each factory returns an `optax.GradientTransformationExtraArgs`. Norms and ratios are
+taken in float32 or wider, all leaves at once (one collective under `shard_map`), with the
+guards of `lars_jax._numerics` (README: Numerics).
 """
 
 from __future__ import annotations
@@ -59,20 +42,13 @@ class TorchTraceState(NamedTuple):
   trace: optax.Params
 
 
-# ----------------------------------------------------------------------------
-# The transforms.
-
-
 def add_decayed_weights(
-  weight_decay: optax.ScalarOrSchedule = 0.0,
-  mask: masks_lib.Mask = None,
+  weight_decay: optax.ScalarOrSchedule = 0.0, mask: masks_lib.Mask = None
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adds decoupled weight decay to the updates: :math:`u = g + \lambda w`.
 
-  Leaves where `mask` is False pass through untouched. With a schedule, step
-  :math:`c` (counting from 0) uses :math:`\lambda(c)`. A Python ``0`` skips the
-  computation entirely; a traced or array zero still adds :math:`0 \cdot w`, exactly
-  as `optax.add_decayed_weights`.
+  Step :math:`c = 0, 1, \dots` uses :math:`\lambda(c)`. A Python ``0`` skips the work; a
+  traced or array zero adds :math:`0 \cdot w`, as `optax.add_decayed_weights`.
 
   Args:
     weight_decay: the rate :math:`\lambda \ge 0`, or a schedule ``count -> rate``.
@@ -130,34 +106,21 @@ def scale_by_trust_ratio(
       \eta \, \|w\| / (\|u\| + \epsilon) & \text{otherwise}
     \end{cases}, \qquad u \leftarrow r\,u
 
-  with :math:`\|\cdot\|` the L2 norm over all elements of the leaf (the modulus for
-  complex leaves), computed in float32 or wider. The fallback to 1 means a zero
-  parameter or a zero update never produces NaN or Inf, while a NaN or Inf in
-  :math:`w` or :math:`u` makes the whole leaf's update NaN (or Inf), as in optax.
-  Leaves where `mask` is False pass through untouched. Same numbers as
+  with :math:`\|\cdot\|` the L2 norm of the whole leaf (the modulus if complex); a NaN or
+  Inf norm makes the leaf's update NaN (or Inf). Same numbers as
   `optax.scale_by_trust_ratio` with ``min_norm=0``.
 
-  **Sharded parameters.** Under `shard_map` (or `pmap` over a split model) each device
-  holds only a slice of a leaf, and the norm must be summed across devices. Pass the
-  mesh axes each leaf is *split* over: a name, a tuple of names, a `PartitionSpec`,
-  or a pytree (prefix) of these, e.g. the params' `PartitionSpec` tree. Leaves that
-  are replicated must get ``None``: giving them an axis would count them once per
-  device. Under `shard_map` with ``check_vma`` (JAX's default), a parameter whose type
-  varies over a mesh axis that `axis_name` does not give it raises ``ValueError``
-  naming the leaf and the axis; with ``check_vma=False`` (and under `pmap`) JAX's
-  types carry no such information, and a split leaf without `axis_name` silently gets
-  the ratio of its local slice. Under `jit` with `NamedSharding` (pjit) norms are
-  global already: leave `axis_name` as None.
-
   Args:
-    trust_coefficient: :math:`\eta`, the trust coefficient (``>= 0``).
+    trust_coefficient: :math:`\eta \ge 0`.
     eps: :math:`\epsilon \ge 0`, added to the update norm.
     mask: which leaves to scale (see `lars_jax.masks`); None scales all.
-    axis_name: mesh axes to sum squared norms over (see above).
+    axis_name: under `shard_map`, the mesh axes each leaf is *split* over: a name, tuple,
+      `PartitionSpec` or a pytree prefix of these, e.g. the params' `PartitionSpec` tree
+      (README: "shard_map: the `axis_name` rule"). None for replicated leaves, under pjit.
     keep_stats: keep each adapted leaf's norms and ratio in the state (`LayerStats`,
       read with `lars_jax.layer_stats`); no extra reduction.
-    positive_norms_only: TF Model Garden's guard instead of optax's: the ratio is 1
-      unless both norms are > 0, so a NaN norm falls back to 1 (``eps`` must be 0).
+    positive_norms_only: TF Model Garden's guard: the ratio is 1 unless both norms are
+      > 0, so a NaN norm falls back to 1 (``eps`` must be 0).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -201,14 +164,8 @@ def scale_by_trust_ratio_with_decay(
     u \leftarrow r\,u \ \text{(where trust\_ratio\_mask)}, \quad
     r = \eta \|w\| / (\|u\| + \epsilon) \text{ (1 where a norm is 0)}
 
-  Same numbers as ``optax.chain(add_decayed_weights(weight_decay,
-  weight_decay_mask), scale_by_trust_ratio(trust_coefficient, eps, trust_ratio_mask))``
-  (the state holds one count for a weight-decay schedule instead of two states).
-  It is one transform because it is faster: under `jit`, :math:`u` has two consumers
-  (its norm and the scaled update), and XLA CPU then materialises it, a temporary as
-  large as the parameters. Here the norm is taken of a recomputation of :math:`u`
-  that XLA does not merge with it, so the reduction reads :math:`g` and :math:`w`
-  directly and nothing parameter-sized is allocated (see benchmarks/README.md).
+  Same numbers as the chain of the two, without its parameter-sized temporary under
+  `jit`: the norm reads :math:`g` and :math:`w` directly (`_norm_source`).
 
   Args:
     weight_decay: :math:`\lambda \ge 0`, or a schedule ``count -> rate``.
@@ -216,11 +173,7 @@ def scale_by_trust_ratio_with_decay(
     eps: :math:`\epsilon \ge 0`, added to the update norm.
     weight_decay_mask: which leaves to decay (see `lars_jax.masks`); None: all.
     trust_ratio_mask: which leaves to adapt; None: all.
-    axis_name: mesh axes each leaf is split over under `shard_map` (see
-      `scale_by_trust_ratio`).
-    keep_stats: keep each adapted leaf's :math:`\|w\|`, :math:`\|u\|` and :math:`r`
-      in the state (`LayerStats`, read with `lars_jax.layer_stats`); no extra reduction.
-    positive_norms_only: TF Model Garden's guard (see `scale_by_trust_ratio`).
+    axis_name, keep_stats, positive_norms_only: as in `scale_by_trust_ratio`.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -259,18 +212,13 @@ def _trust_ratio_transform(
   keep_stats: bool,
   positive_norms_only: bool,
 ) -> optax.GradientTransformationExtraArgs:
-  """The one implementation behind `scale_by_trust_ratio(_with_decay)`; `mask_args`
-  are the factory's names for the two masks (for error messages)."""
+  """Behind `scale_by_trust_ratio(_with_decay)`; `mask_args`: the factory's mask names."""
   decay_arg, ratio_arg = mask_args
   _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable weight decay.")
-  for arg, value in [("trust_coefficient", trust_coefficient), ("eps", eps)]:
-    _checks.check_not_schedule(arg, value)
+  _checks.check_numbers(trust_coefficient=trust_coefficient, eps=eps)
   _checks.check_scalar("trust_coefficient", trust_coefficient, fix="0.001 is usual.")
-  _checks.check_scalar(
-    "eps", eps, fix="eps is added to the update norm; use 0.0 or a small positive value."
-  )
-  _checks.check_bool("keep_stats", keep_stats)
-  _checks.check_bool("positive_norms_only", positive_norms_only)
+  _checks.check_scalar("eps", eps, fix="eps is added to the update norm; use 0.0 or more.")
+  _checks.check_bools(keep_stats=keep_stats, positive_norms_only=positive_norms_only)
   if positive_norms_only and not _checks.is_zero_number(eps):
     raise ValueError("`positive_norms_only=True` (TF Model Garden's guard) needs `eps=0.0`.")
   no_decay = _checks.is_zero_number(weight_decay)
@@ -288,7 +236,7 @@ def _trust_ratio_transform(
     )
     out, source = list(u_leaves), list(u_leaves)
     if not no_decay:
-      decay = _tree.resolve_mask(name, weight_decay_mask, params, decay_arg)
+      decay = masks_lib.resolve(weight_decay_mask, params, arg=decay_arg, owner=name)
       wd = _tree.at_count(weight_decay, state)
       for i, (u, p) in enumerate(zip(u_leaves, p_leaves)):
         if decay[i]:
@@ -312,15 +260,10 @@ def _trust_ratio_transform(
 
 
 def _norm_source(decayed: jax.Array, u: jax.Array, p: jax.Array, wd: Any) -> jax.Array:
-  """The value of `decayed` (= u + wd p), recomputed so that XLA does not merge the two.
-
-  Speed only, never numbers: ``u - (-wd) p`` rounds exactly as ``u + wd p``. Under
-  `jit`, the norm reduction then reads `u` and `p` directly and `decayed` has a
-  single consumer, the scaled update, which fuses into the elementwise loop: no
-  temporary is allocated. The barrier ties ``-wd`` to this leaf: otherwise leaves of
-  equal shape share one broadcast of the constant, which the reduction fusions cannot
-  absorb, and XLA materialises it. Outside a trace there is nothing to fuse.
-  """
+  """`decayed` (= u + wd p) recomputed as ``u - (-wd) p`` (the same rounding), which XLA
+  does not merge with it: the norm then reads `u` and `p`, and `decayed` fuses into the
+  scaled update, with no temporary. The barrier ties ``-wd`` to this leaf (else leaves of
+  equal shape share one materialised broadcast of it). Speed only, never numbers."""
   if not isinstance(decayed, jax.core.Tracer):
     return decayed
   pw = p.astype(_numerics.wide_dtype(p.dtype))
@@ -329,16 +272,11 @@ def _norm_source(decayed: jax.Array, u: jax.Array, p: jax.Array, wd: Any) -> jax
 
 
 def scale_by_learning_rate(
-  learning_rate: optax.ScalarOrSchedule,
-  *,
-  flip_sign: bool = True,
+  learning_rate: optax.ScalarOrSchedule, *, flip_sign: bool = True
 ) -> optax.GradientTransformationExtraArgs:
   r"""Multiplies updates by :math:`-\gamma` (or :math:`+\gamma` with ``flip_sign=False``).
 
-  With a schedule, update number :math:`c` (counting from 0) uses :math:`\gamma(c)`:
-  the first update uses ``schedule(0)``, as optax does. The product is computed in
-  float32 or wider and cast back to the update's dtype, so a bfloat16 update is not
-  multiplied by a learning rate already rounded to bfloat16.
+  Update :math:`c = 0, 1, \dots` uses :math:`\gamma(c)`, multiplied in float32 or wider.
 
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule ``count -> rate``.
@@ -357,12 +295,10 @@ def scale_by_learning_rate(
     (Array([-0.], dtype=float32), Array([-0.25], dtype=float32))
   """
   _checks.check_learning_rate(learning_rate)
-  _checks.check_bool("flip_sign", flip_sign)
+  _checks.check_bools(flip_sign=flip_sign)
   sign = -1.0 if flip_sign else 1.0
 
-  def init_fn(params):
-    del params
-    return _tree.count_state(callable(learning_rate))
+  init_fn = lambda params: _tree.count_state(callable(learning_rate))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -373,21 +309,17 @@ def scale_by_learning_rate(
 
 
 def trace(
-  decay: float | jax.Array,
-  nesterov: bool = False,
-  accumulator_dtype: Any | None = None,
+  decay: float | jax.Array, nesterov: bool = False, accumulator_dtype: Any | None = None
 ) -> optax.GradientTransformationExtraArgs:
   r"""Momentum: :math:`t \leftarrow x + \mu t`; outputs :math:`t` (Nesterov: :math:`x + \mu t`).
 
-  The buffer :math:`t` starts at zero, so the first output equals the first input.
-  Same numbers as `optax.trace`; the sum is computed in float32 or wider. PyTorch's
-  momentum (dampening, buffer copied on the first step) is `torch_trace`.
+  The buffer starts at zero. Same numbers as `optax.trace` (PyTorch's: `torch_trace`).
 
   Args:
     decay: the momentum :math:`\mu \in [0, 1)`.
     nesterov: use Nesterov momentum.
-    accumulator_dtype: dtype of the buffer; defaults to each parameter's dtype. Use
-      ``jnp.float32`` to keep a float32 buffer for bfloat16 parameters.
+    accumulator_dtype: dtype of the buffer (default: each parameter's dtype), e.g.
+      ``jnp.float32`` for bfloat16 parameters.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -401,9 +333,8 @@ def trace(
     (Array([1.5], dtype=float32), Array([1.], dtype=float32))
   """
   name = "trace"
-  _checks.check_not_schedule("decay", decay)
   _checks.check_momentum("decay", decay)
-  _checks.check_bool("nesterov", nesterov)
+  _checks.check_bools(nesterov=nesterov)
   acc_dtype = _checks.accumulator_dtype(accumulator_dtype)
 
   def init_fn(params):
@@ -433,10 +364,8 @@ def torch_trace(
   :math:`t \leftarrow \mu t + (1 - \tau) x`; outputs :math:`t` (Nesterov:
   :math:`x + \mu t`).
 
-  Equals `trace` when :math:`\tau = 0`. A Python ``decay`` of 0 keeps no buffer (the
-  identity); while an array ``decay`` is 0 (`optax.inject_hyperparams`) the input
-  passes through, the buffer is left alone and the step count does not move, as in
-  PyTorch, which never touches a buffer while momentum is 0.
+  A Python ``decay`` of 0 is the identity; while an array ``decay`` is 0 the input
+  passes through and neither buffer nor count moves, as in PyTorch.
 
   Args:
     decay: the momentum :math:`\mu \in [0, 1)`.
@@ -457,11 +386,10 @@ def torch_trace(
     Array([1.4], dtype=float32)
   """
   name = "torch_trace"
-  for arg, value in [("decay", decay), ("dampening", dampening)]:
-    _checks.check_not_schedule(arg, value)
   _checks.check_momentum("decay", decay)
+  _checks.check_numbers(dampening=dampening)
   _checks.check_scalar("dampening", dampening, upper=1.0, upper_inclusive=True)
-  _checks.check_bool("nesterov", nesterov)
+  _checks.check_bools(nesterov=nesterov)
   acc_dtype = _checks.accumulator_dtype(accumulator_dtype)
   mu, tau = _checks.concrete_float(decay), _checks.concrete_float(dampening)
   if nesterov and ((mu is not None and mu <= 0) or (tau is not None and tau != 0)):
