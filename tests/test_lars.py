@@ -122,7 +122,10 @@ def _masks(draw, spec):
   if kind == "default":
     return True, [True] * len(leaves)
   if kind == "min_ndim":
-    return lars_jax.masks.min_ndim(1), [len(leaf.shape) >= 1 for leaf in leaves]
+    bits = [len(leaf.shape) >= 1 for leaf in leaves]
+    # A callable rule that selects no leaf of a whole tree raises (issue 18 item 2,
+    # tests/test_silent.py); `False` is how a user says "no leaf".
+    return (lars_jax.masks.min_ndim(1) if any(bits) else False), bits
   if kind == "prefix":
     children = _children(spec)
     if children is None:
@@ -135,7 +138,7 @@ def _masks(draw, spec):
     return type(spec)(top), bits
   bits = draw(st.lists(st.booleans(), min_size=len(leaves), max_size=len(leaves)))
   mask = jax.tree.unflatten(treedef, bits)
-  if kind == "callable":
+  if kind == "callable" and any(bits):
     return (lambda tree: jax.tree.unflatten(jax.tree.structure(tree), bits)), bits
   return mask, bits
 
