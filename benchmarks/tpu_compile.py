@@ -231,7 +231,7 @@ def _balanced(text: str, start: int) -> int:
     depth += {"(": 1, ")": -1}.get(text[i], 0)
     if depth == 0:
       return i + 1
-  raise ValueError(f"unbalanced HLO: {text[start:start + 80]}")
+  raise ValueError(f"unbalanced HLO: {text[start : start + 80]}")
 
 
 @dataclasses.dataclass
@@ -414,7 +414,9 @@ def measure(
   mem = exe.memory_analysis()
   count = count_hlo(exe.as_text())
   if count.loops:
-    warnings.warn(f"{name} on {tree}, {layout}: {count.loops} loops in ENTRY, not counted")
+    warnings.warn(
+      f"{name} on {tree}, {layout}: {count.loops} loops in ENTRY, not counted", stacklevel=2
+    )
   return Row(
     layout=layout,
     tree=tree,
@@ -629,9 +631,11 @@ def main(argv: list[str] | None = None) -> None:
     builders.update(VARIANTS)
   t0 = time.perf_counter()
   rows = run(args.trees, args.layouts, builders)
-  print(f"TPU compiler's view ({versions()}, {datetime.date.today()}); float32, donated step, "
-        f"wd 1e-4, biases/norm scales neither decayed nor adapted; "
-        f"{time.perf_counter() - t0:.0f} s on {harness.machine().split(',')[0]}\n")
+  print(
+    f"TPU compiler's view ({versions()}, {datetime.date.today()}); float32, donated step, "
+    f"wd 1e-4, biases/norm scales neither decayed nor adapted; "
+    f"{time.perf_counter() - t0:.0f} s on {harness.machine().split(',')[0]}\n"
+  )
   print(table(rows))
   if args.json:
     with open(args.json, "w") as fh:

@@ -39,8 +39,13 @@ def steps_per_epoch(batch: int) -> float:
 def hyperparameters(batch: int) -> dict:
   peak, warmup, momentum, wd, epochs = next(p for b, p in PRESETS if batch >= b)
   spe = steps_per_epoch(batch)
-  return dict(peak=peak, warmup_steps=warmup * spe, total_steps=epochs * spe,
-              momentum=momentum, weight_decay=wd)
+  return dict(
+    peak=peak,
+    warmup_steps=warmup * spe,
+    total_steps=epochs * spe,
+    momentum=momentum,
+    weight_decay=wd,
+  )
 
 
 def mlperf_optimizer(batch: int) -> optax.GradientTransformation:

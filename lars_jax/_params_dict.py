@@ -58,12 +58,20 @@ _YamlLoader.add_implicit_resolver(
 
 # `validate`'s restrictions: 'left OP right', each side a dotted key or a constant.
 _OPS = types.MappingProxyType(  # read-only: no module-level mutable state
-  {"==": operator.eq, "!=": operator.ne, "<=": operator.le, ">=": operator.ge, "<": operator.lt,
-   ">": operator.gt}
+  {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<=": operator.le,
+    ">=": operator.ge,
+    "<": operator.lt,
+    ">": operator.gt,
+  }
 )
 _OP_RE = re.compile(f"({'|'.join(_OPS)})")  # two-character operators first
 _NUMBER_RE = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
-_WORDS = {"None": None, "null": None, "True": True, "true": True, "False": False, "false": False}
+_WORDS = types.MappingProxyType(
+  {"None": None, "null": None, "True": True, "true": True, "False": False, "false": False}
+)
 
 
 class StrictModel(pydantic.BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -257,19 +258,21 @@ class ParamGroupRule(StrictModel):
 
 _LARS_KINDS = ("lars", "tf_lars", "torch_lars")
 # Arguments that the config sets itself, with where to set them instead.
-_RESERVED = {
-  "learning_rate": "set `lr` and `schedule`",
-  "weight_decay": "set `weight_decay`, `weight_decay_schedule` and rules with `value`",
-  "weight_decay_rate": "set `weight_decay`",
-  "weight_decay_mask": "use the exclude_* fields and param_group_modifiers",
-  "trust_ratio_mask": "use exclude_from_adaptation_follows_weight_decay",
-  "mask": "use the exclude_* fields and param_group_modifiers",
-  "exclude_from_weight_decay": "use the exclude_* fields and param_group_modifiers",
-  "exclude_from_layer_adaptation": "use exclude_from_adaptation_follows_weight_decay",
-  "global_clipnorm": "set `clip_grad_norm`",
-  "axis_name": "pass it to build(axis_name=...)",
-  "keep_stats": "pass it to build(keep_stats=True)",
-}
+_RESERVED = types.MappingProxyType(
+  {
+    "learning_rate": "set `lr` and `schedule`",
+    "weight_decay": "set `weight_decay`, `weight_decay_schedule` and rules with `value`",
+    "weight_decay_rate": "set `weight_decay`",
+    "weight_decay_mask": "use the exclude_* fields and param_group_modifiers",
+    "trust_ratio_mask": "use exclude_from_adaptation_follows_weight_decay",
+    "mask": "use the exclude_* fields and param_group_modifiers",
+    "exclude_from_weight_decay": "use the exclude_* fields and param_group_modifiers",
+    "exclude_from_layer_adaptation": "use exclude_from_adaptation_follows_weight_decay",
+    "global_clipnorm": "set `clip_grad_norm`",
+    "axis_name": "pass it to build(axis_name=...)",
+    "keep_stats": "pass it to build(keep_stats=True)",
+  }
+)
 
 
 def _optax_optimizer(name: str) -> Callable[..., optax.GradientTransformation] | None:

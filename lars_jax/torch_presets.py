@@ -7,6 +7,7 @@ hyperparameters may be traced, and every preset takes ``axis_name`` and ``keep_s
 
 from __future__ import annotations
 
+import types
 from typing import Literal
 
 import jax
@@ -20,10 +21,12 @@ from lars_jax._tree import AxisNames
 __all__ = ["larc", "scale_by_sum_norms_trust_ratio", "timm_lars", "torch_lars"]
 
 Guard = Literal["pytorch", "timm", "flax"]
-_RATIOS = {
-  "timm": _numerics.sum_norms_ratio_if_positive,
-  "flax": _numerics.sum_norms_ratio_unless_zero,
-}
+_RATIOS = types.MappingProxyType(
+  {
+    "timm": _numerics.sum_norms_ratio_if_positive,
+    "flax": _numerics.sum_norms_ratio_unless_zero,
+  }
+)
 
 
 def scale_by_sum_norms_trust_ratio(

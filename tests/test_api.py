@@ -12,7 +12,8 @@ import lars_jax
 
 API = section("API")
 FUNCTIONS = [
-  n for n in lars_jax.__all__
+  n
+  for n in lars_jax.__all__
   if inspect.isfunction(getattr(lars_jax, n)) and not isinstance(getattr(lars_jax, n), type)
 ]
 
@@ -35,13 +36,29 @@ def test_public_modules_say_what_is_public(name):
     assert not public.startswith("_") and hasattr(module, public)
 
 
-FLAGS = {"nesterov", "keep_stats", "axis_name", "accumulator_dtype", "positive_norms_only",
-         "adapt_without_decay", "clip_learning_rate", "guard", "trust_clip", "always_adapt",
-         "flip_sign", "clip"}
+FLAGS = {
+  "nesterov",
+  "keep_stats",
+  "axis_name",
+  "accumulator_dtype",
+  "positive_norms_only",
+  "adapt_without_decay",
+  "clip_learning_rate",
+  "guard",
+  "trust_clip",
+  "always_adapt",
+  "flip_sign",
+  "clip",
+}
 # optax.lars's and the mimicked frameworks' own positional orders are kept for drop-in use.
-POSITIONAL_BY_DESIGN = {("lars", "nesterov"), ("tf_lars", "nesterov"), ("torch_lars", "nesterov"),
-                        ("trace", "nesterov"), ("trace", "accumulator_dtype"),
-                        ("tf_lars", "classic_momentum")}
+POSITIONAL_BY_DESIGN = {
+  ("lars", "nesterov"),
+  ("tf_lars", "nesterov"),
+  ("torch_lars", "nesterov"),
+  ("trace", "nesterov"),
+  ("trace", "accumulator_dtype"),
+  ("tf_lars", "classic_momentum"),
+}
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)

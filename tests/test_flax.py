@@ -327,8 +327,8 @@ def test_readme_flax_section_runs(tmp_path, monkeypatch):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
   tx, old = ns["tx"], ns["old"]
   grads = jax.tree.map(lambda p: 0.01 * jnp.cos(p), old.params)
-  mine = jax.jit(tx.update)(grads, lars_jax.state_from_optax_lars(old.opt_state, tx.init(old.params)),
-                            old.params)[0]
+  converted = lars_jax.state_from_optax_lars(old.opt_state, tx.init(old.params))
+  mine = jax.jit(tx.update)(grads, converted, old.params)[0]
   theirs = jax.jit(old.tx.update)(grads, old.opt_state, old.params)[0]
   for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs)):
     np.testing.assert_array_equal(a, b, strict=True)

@@ -268,12 +268,13 @@ def test_docstring_example_lowers_the_loss():
 
 def test_mask_errors_name_the_lars_argument():
   """A mask that does not fit names the `lars` keyword it came from, not only `mask`."""
+  WHO = "scale_by_trust_ratio_with_decay: "  # noqa: N806
   params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
-  with pytest.raises(ValueError, match=r"scale_by_trust_ratio_with_decay: `weight_decay_mask` does not match"):
+  with pytest.raises(ValueError, match=WHO + r"`weight_decay_mask` does not match"):
     lars_jax.lars(1.0, weight_decay=0.1, weight_decay_mask={"w": True, "x": False}).init(params)
-  with pytest.raises(ValueError, match=r"scale_by_trust_ratio_with_decay: `trust_ratio_mask` does not match"):
+  with pytest.raises(ValueError, match=WHO + r"`trust_ratio_mask` does not match"):
     lars_jax.lars(1.0, trust_ratio_mask=[True]).init(params)
-  with pytest.raises(TypeError, match=r"scale_by_trust_ratio_with_decay: `trust_ratio_mask` must hold Python bools"):
+  with pytest.raises(TypeError, match=WHO + r"`trust_ratio_mask` must hold Python bools"):
     lars_jax.lars(1.0, trust_ratio_mask={"w": 1, "b": 0}).init(params)
 
 

@@ -100,9 +100,21 @@ def _norm(x):
 # References, from LARS_VARIANTS.md.
 
 
-def ref_timm(params, grads, lr, *, momentum=0.0, dampening=0.0, weight_decay=0.0,
-             nesterov=False, trust_coeff=1e-3, eps=1e-8, trust_clip=False,
-             always_adapt=False, decayed=lambda path: True):
+def ref_timm(
+  params,
+  grads,
+  lr,
+  *,
+  momentum=0.0,
+  dampening=0.0,
+  weight_decay=0.0,
+  nesterov=False,
+  trust_coeff=1e-3,
+  eps=1e-8,
+  trust_clip=False,
+  always_adapt=False,
+  decayed=lambda path: True,
+):
   """timm Lars (5d): per group decay; ratio on the raw gradient, sum of norms; nested
   > 0 guard; clip after the guard; decay added even where the guard fired."""
   names, leaves = _paths(params), [np.array(x, np.float64) for x in jax.tree.leaves(params)]
@@ -129,8 +141,18 @@ def ref_timm(params, grads, lr, *, momentum=0.0, dampening=0.0, weight_decay=0.0
   return out
 
 
-def ref_flax(params, grads, lr, *, beta=0.9, weight_decay=0.0, trust_coefficient=1e-3,
-             eps=0.0, nesterov=False, lars=lambda path: True):
+def ref_flax(
+  params,
+  grads,
+  lr,
+  *,
+  beta=0.9,
+  weight_decay=0.0,
+  trust_coefficient=1e-3,
+  eps=0.0,
+  nesterov=False,
+  lars=lambda path: True,
+):
   """flax.optim LARS (5a, guard of Sep 2020) on the leaves `lars` selects, flax
   Momentum (m = beta m + g; p -= lr m) on the others (the MLPerf MultiOptimizer)."""
   names, leaves = _paths(params), [np.array(x, np.float64) for x in jax.tree.leaves(params)]
@@ -155,8 +177,9 @@ def ref_flax(params, grads, lr, *, beta=0.9, weight_decay=0.0, trust_coefficient
   return out
 
 
-def ref_byol(params, grads, lr, *, weight_decay=0.0, momentum=0.9, eta=1e-3,
-             included=lambda path: True):
+def ref_byol(
+  params, grads, lr, *, weight_decay=0.0, momentum=0.9, eta=1e-3, included=lambda path: True
+):
   """DeepMind BYOL (5b): u = g + wd p (filter); r = eta |p| / |u| if both > 0 else 1
   (filter); mu = momentum mu + r u; p -= lr(t) mu."""
   names, leaves = _paths(params), [np.array(x, np.float64) for x in jax.tree.leaves(params)]
@@ -178,21 +201,25 @@ def ref_byol(params, grads, lr, *, weight_decay=0.0, momentum=0.9, eta=1e-3,
 
 def warmup_cosine(peak, warmup, total):
   """BYOL's schedule: linear warm-up from 0, then cosine decay to 0 (NumPy)."""
+
   def lr(t):
     if t < warmup:
       return peak * t / warmup
     return 0.5 * peak * (1 + np.cos(np.pi * (t - warmup) / (total - warmup)))
+
   return lr
 
 
 def mlperf_lr(base, warmup, total, end=1e-4):
   """MLPerf v0.7 JAX (5a): base * t / W for t <= W, then end + (base - end) *
   (1 - min(t - W, D) / D) ** 2 with D = total - W + 1."""
+
   def lr(t):
     if t <= warmup:
       return base * t / warmup
     d = total - warmup + 1
     return end + (base - end) * (1 - min(t - warmup, d) / d) ** 2
+
   return lr
 
 
@@ -217,13 +244,15 @@ TIMM_CASES = {
   "groups_momentum": dict(kw=dict(momentum=0.9, weight_decay=1e-2), lr=0.5, grouped=True),
   "dampening": dict(kw=dict(momentum=0.9, dampening=0.3, weight_decay=5e-3), lr=0.3),
   "nesterov": dict(kw=dict(momentum=0.9, nesterov=True, weight_decay=1e-2), lr=0.4),
-  "always_adapt_groups": dict(kw=dict(momentum=0.9, weight_decay=1e-2, always_adapt=True), lr=0.5,
-                              grouped=True),
+  "always_adapt_groups": dict(
+    kw=dict(momentum=0.9, weight_decay=1e-2, always_adapt=True), lr=0.5, grouped=True
+  ),
   "no_decay": dict(kw=dict(momentum=0.9), lr=0.5),
   "trust_clip_lr_below_1": dict(kw=dict(momentum=0.9, weight_decay=1e-2, trust_clip=True), lr=0.5),
   "trust_clip_lr_above_1": dict(kw=dict(momentum=0.9, weight_decay=1e-2, trust_clip=True), lr=2.0),
-  "trust_clip_schedule": dict(kw=dict(momentum=0.9, weight_decay=1e-2, trust_clip=True),
-                              lr="warmup"),
+  "trust_clip_schedule": dict(
+    kw=dict(momentum=0.9, weight_decay=1e-2, trust_clip=True), lr="warmup"
+  ),
 }
 
 
@@ -240,8 +269,10 @@ def test_timm_lars(case, grads_kind):
     ref_lr = _rates(lr)  # optax's values of 2 t / 3
   grouped = c.get("grouped", False)
   mask = masks.min_ndim(2) if grouped else True
-  decayed = (lambda path: not (path.endswith("/b") or path.startswith("norm"))) if grouped else (
-    lambda path: True
+  decayed = (
+    (lambda path: not (path.endswith("/b") or path.startswith("norm")))
+    if grouped
+    else (lambda path: True)
   )
   tx = lars_jax.timm_lars(lr, **c["kw"], weight_decay_mask=mask)
   ref = ref_timm(params, grads, ref_lr, **c["kw"], decayed=decayed)
@@ -290,11 +321,18 @@ def test_mlperf_multi_optimizer(grads_kind):
   # Fractional warm-up and total steps, as the submission's arithmetic gives them
   # (706.5 / 2512 at batch 32768), scaled down to 6 steps: 2.5 / 5.
   lr = lars_jax.schedules.warmup_polynomial_decay(29.0, 2.5, 5)
-  np.testing.assert_allclose([lr(t) for t in range(8)], [mlperf_lr(29.0, 2.5, 5)(t) for t in range(8)],
-                             rtol=1e-6)  # the schedule computes in float32
+  np.testing.assert_allclose(
+    [lr(t) for t in range(8)], [mlperf_lr(29.0, 2.5, 5)(t) for t in range(8)], rtol=1e-6
+  )  # the schedule computes in float32
   tx = mlperf_optimizer(lr, 0.929, 1e-4)
-  ref = ref_flax(params, grads, _rates(lr), beta=0.929, weight_decay=1e-4,
-                 lars=lambda path: not ("bias" in path or "scale" in path))
+  ref = ref_flax(
+    params,
+    grads,
+    _rates(lr),
+    beta=0.929,
+    weight_decay=1e-4,
+    lars=lambda path: not ("bias" in path or "scale" in path),
+  )
   _check(_run(tx, params, grads), ref)
 
 
@@ -315,8 +353,11 @@ def test_byol_lars(case, filt, grads_kind):
   lr = ref_lr = c["lr"]
   if lr == "schedule":
     lr = optax.warmup_cosine_decay_schedule(0.0, 3.2, 2, STEPS)
-    np.testing.assert_allclose([lr(t) for t in range(STEPS)],
-                               [warmup_cosine(3.2, 2, STEPS)(t) for t in range(STEPS)], rtol=1e-6)
+    np.testing.assert_allclose(
+      [lr(t) for t in range(STEPS)],
+      [warmup_cosine(3.2, 2, STEPS)(t) for t in range(STEPS)],
+      rtol=1e-6,
+    )
     ref_lr = _rates(lr)  # the optimizer is compared on the same rates
   mask = BYOL_MASK if filt == "names" else byol_filter
   tx = lars_jax.byol_lars(lr, **c["kw"], weight_decay_mask=mask, trust_ratio_mask=mask)
@@ -348,7 +389,9 @@ def test_sum_norms_zero_gradient_rules():
   out = {
     guard: lars_jax.scale_by_sum_norms_trust_ratio(
       0.001, 0.1, clip_learning_rate=2.0, guard=guard, adapt_without_decay=True
-    ).update(g, None if False else lars_jax.scale_by_sum_norms_trust_ratio(0.001, 0.1).init(w), w)[0]
+    ).update(g, None if False else lars_jax.scale_by_sum_norms_trust_ratio(0.001, 0.1).init(w), w)[
+      0
+    ]
     for guard in ("pytorch", "timm", "flax")
   }
   np.testing.assert_allclose(out["pytorch"], [0.0, 0.0])
@@ -361,11 +404,13 @@ def test_larc_mask_is_a_no_decay_group():
   LARC group with weight_decay=0), as Apex does per parameter group."""
   params = _params()
   grads = _grads("plain", params)[:1]
-  tx = lars_jax.larc(optax.sgd(0.1), 0.1, weight_decay=1e-2, weight_decay_mask=masks.min_ndim(2),
-                     clip=False, eps=0.0)
+  tx = lars_jax.larc(
+    optax.sgd(0.1), 0.1, weight_decay=1e-2, weight_decay_mask=masks.min_ndim(2), clip=False, eps=0.0
+  )
   (p1,) = _run(tx, params, grads)
-  for path, p, g, new in zip(_paths(params), jax.tree.leaves(params), jax.tree.leaves(grads[0]),
-                             jax.tree.leaves(p1)):
+  for path, p, g, new in zip(
+    _paths(params), jax.tree.leaves(params), jax.tree.leaves(grads[0]), jax.tree.leaves(p1)
+  ):
     lam = 1e-2 if np.ndim(p) >= 2 else 0.0
     pn, gn = _norm(p), _norm(g)
     r = 0.02 * pn / (gn + lam * pn) if pn > 0 else 1.0
@@ -389,8 +434,14 @@ def test_mlperf_example_is_the_submission():
   grads = _grads("plain", params, leaf=("conv", "kernel"))
   tx = mod.mlperf_optimizer(32768)
   lr = lars_jax.schedules.warmup_polynomial_decay(29.0, 706.5, 2512)
-  ref = ref_flax(params, grads, _rates(lr), beta=0.929, weight_decay=1e-4,
-                 lars=lambda path: not ("bias" in path or "scale" in path))
+  ref = ref_flax(
+    params,
+    grads,
+    _rates(lr),
+    beta=0.929,
+    weight_decay=1e-4,
+    lars=lambda path: not ("bias" in path or "scale" in path),
+  )
   _check(_run(tx, params, grads), ref)
 
 
@@ -407,16 +458,25 @@ def test_readme_timm_recipe():
   ns = _readme_block("timm_lars")
   params = _params()
   grads = _grads("zero", params)
-  ref = ref_timm(params, grads, 0.5, momentum=0.9, weight_decay=5e-4, trust_clip=True,
-                 decayed=lambda path: not (path.endswith("/b") or path.startswith("norm")))
+  ref = ref_timm(
+    params,
+    grads,
+    0.5,
+    momentum=0.9,
+    weight_decay=5e-4,
+    trust_clip=True,
+    decayed=lambda path: not (path.endswith("/b") or path.startswith("norm")),
+  )
   _check(_run(ns["tx"], params, grads), ref)
 
 
 def test_readme_byol_recipe_both_filters():
   ns = _readme_block("byol_lars")
-  params = {"res_net/~/conv1": {"w": np.ones((3, 3)), "b": np.zeros(3)},
-            "res_net/~/block_1": {"w": np.full((3, 2), 0.5)},
-            "res_net/~/batchnorm": {"scale": np.ones(3), "offset": np.zeros(3)}}
+  params = {
+    "res_net/~/conv1": {"w": np.ones((3, 3)), "b": np.zeros(3)},
+    "res_net/~/block_1": {"w": np.full((3, 2), 0.5)},
+    "res_net/~/batchnorm": {"scale": np.ones(3), "offset": np.zeros(3)},
+  }
   paths = _paths(params)
   expect = [not (p.endswith("/b") or "norm" in p.rsplit("/", 1)[0]) for p in paths]
   assert masks.resolve(ns["byol_mask"], params) == expect
@@ -424,8 +484,13 @@ def test_readme_byol_recipe_both_filters():
   assert sum(expect) == 2  # the two kernels
   grads = _grads("plain", params, leaf=("res_net/~/conv1", "w"))
   lr = optax.warmup_cosine_decay_schedule(0.0, 0.2 * 4096 / 256, 10 * 312, 1000 * 312)
-  ref = ref_byol(params, grads, _rates(lr), weight_decay=1.5e-6, included=lambda p: p in
-                 [q for q, e in zip(paths, expect) if e])
+  ref = ref_byol(
+    params,
+    grads,
+    _rates(lr),
+    weight_decay=1.5e-6,
+    included=lambda p: p in [q for q, e in zip(paths, expect) if e],
+  )
   _check(_run(ns["tx"], params, grads), ref)
 
 
@@ -434,6 +499,7 @@ def test_readme_flax_and_mlperf_recipes():
   params = {"conv": {"kernel": np.random.default_rng(5).normal(size=(3, 4)), "bias": np.zeros(4)}}
   grads = _grads("plain", params, leaf=("conv", "kernel"))
   lr = lars_jax.schedules.warmup_polynomial_decay(29.0, 706.5, 2512)
-  ref = ref_flax(params, grads, _rates(lr), beta=0.929, weight_decay=1e-4,
-                 lars=lambda path: "bias" not in path)
+  ref = ref_flax(
+    params, grads, _rates(lr), beta=0.929, weight_decay=1e-4, lars=lambda path: "bias" not in path
+  )
   _check(_run(ns["tx"], params, grads), ref)

@@ -40,9 +40,12 @@ def test_item1_stats_only_for_applied_leaves():
 
 # 2. A shape or combined mask that selects nothing raises; inside partitions it is legal.
 def test_item2_empty_callable_mask_raises_at_top_level():
-  tx = lars_jax.lars(1.0, weight_decay=1e-4, weight_decay_mask=masks.min_ndim(3),
-                     trust_ratio_mask=masks.min_ndim(3))
-  with pytest.raises(ValueError, match=r"`trust_ratio_mask` \(min_ndim\(3\)\) selects no parameter"):
+  tx = lars_jax.lars(
+    1.0, weight_decay=1e-4, weight_decay_mask=masks.min_ndim(3), trust_ratio_mask=masks.min_ndim(3)
+  )
+  with pytest.raises(
+    ValueError, match=r"`trust_ratio_mask` \(min_ndim\(3\)\) selects no parameter"
+  ):
     tx.init(P)
   combined = masks.all_of(masks.min_ndim(2), masks.only_names("b"))
   with pytest.raises(ValueError, match=r"all_of\) selects no parameter"):
@@ -89,10 +92,14 @@ def test_item3_replicated_leaf_given_an_axis_under_shard_map_raises():
   if not hasattr(jax, "shard_map") or not hasattr(jax, "typeof"):
     pytest.skip(f"jax {jax.__version__} has no jax.shard_map / jax.typeof (no varying types)")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  out = subprocess.run([sys.executable, "-c", SHARD_MAP], env=env, capture_output=True,
-                       text=True, timeout=300)
+  out = subprocess.run(
+    [sys.executable, "-c", SHARD_MAP], env=env, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "ERROR scale_by_trust_ratio_with_decay: parameter 'b' is replicated over the mesh axis ['model']" in out.stdout
+  assert (
+    "ERROR scale_by_trust_ratio_with_decay: parameter 'b' is replicated over the mesh "
+    "axis ['model']" in out.stdout
+  )
   assert "PartitionSpec tree" in out.stdout
   assert float(out.stdout.split("MAXDIFF")[1]) < 1e-7
 
@@ -105,8 +112,10 @@ def test_item3_replicated_leaf_given_an_axis_under_shard_map_raises():
     lambda: lars_jax.torch_lars(0.1, weight_decay=0.1, weight_decay_mask=False, keep_stats=True),
     lambda: lars_jax.tf_lars(0.1, exclude_from_weight_decay=["k", "b"], keep_stats=True),
     lambda: optax.multi_transform(
-      {"a": lars_jax.lars(0.1, trust_ratio_mask=masks.min_ndim(2), keep_stats=True),
-       "o": optax.sgd(0.1)},
+      {
+        "a": lars_jax.lars(0.1, trust_ratio_mask=masks.min_ndim(2), keep_stats=True),
+        "o": optax.sgd(0.1),
+      },
       {"k": "o", "b": "a"},
     ),
   ],
@@ -138,12 +147,17 @@ def test_item6_state_from_optax_lars():
   u1, _ = theirs.update(G, s, P)
   u2, _ = ours.update(G, converted, P)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u1, u2)
-  with pytest.raises(ValueError, match=r"`init_state` must be lars_jax.lars.*Got a 3-tuple "
-                     r"\(EmptyState, EmptyState, EmptyState\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"`init_state` must be lars_jax.lars.*Got a 3-tuple "
+    r"\(EmptyState, EmptyState, EmptyState\)",
+  ):
     lars_jax.state_from_optax_lars(optax.lars(0.1).init(P), lars_jax.torch_lars(0.1).init(P))
   with pytest.raises(ValueError, match="arguments look swapped"):
     lars_jax.state_from_optax_lars(lars_jax.lars(0.1).init(P), optax.lars(0.1).init(P))
-  with pytest.raises(ValueError, match=r"Got a 4-tuple \(EmptyState, EmptyState, EmptyState, TraceState\)"):
+  with pytest.raises(
+    ValueError, match=r"Got a 4-tuple \(EmptyState, EmptyState, EmptyState, TraceState\)"
+  ):
     lars_jax.state_from_optax_lars(optax.lars(0.1).init(P), lars_jax.tf_lars(0.1).init(P))
   bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), P)
   out = lars_jax.state_from_optax_lars(optax.lars(0.1).init(P), lars_jax.lars(0.1).init(bf16))
@@ -158,22 +172,25 @@ MULTI_DEVICE = textwrap.dedent(
   """
   import jax, jax.numpy as jnp, numpy as np, optax, lars_jax
   d = jax.devices()
-  params = {'a': jax.device_put(jnp.ones((3, 3)), d[0]), 'b': jax.device_put(jnp.full(3, 2.0), d[1]),
+  params = {'a': jax.device_put(jnp.ones((3, 3)), d[0]),
+            'b': jax.device_put(jnp.full(3, 2.0), d[1]),
             'c': jax.device_put(jnp.full(2, 3.0), d[1])}
   grads = jax.tree.map(lambda x: 0.1 * x, params)
   for tx in (lars_jax.lars(0.1, weight_decay=1e-3), optax.lars(0.1, weight_decay=1e-3)):
     state = tx.init(params)
     for _ in range(2):
       u, state = tx.update(grads, state, params)
-    print([sorted(x.devices())[0].id for x in jax.tree.leaves(u)], [np.asarray(x).tolist() for x in jax.tree.leaves(u)])
+    leaves = jax.tree.leaves(u)
+    print([sorted(x.devices())[0].id for x in leaves], [np.asarray(x).tolist() for x in leaves])
   """
 )
 
 
 def test_item7_params_on_several_devices():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  out = subprocess.run([sys.executable, "-c", MULTI_DEVICE], env=env, capture_output=True,
-                       text=True, timeout=300)
+  out = subprocess.run(
+    [sys.executable, "-c", MULTI_DEVICE], env=env, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   ours, theirs = out.stdout.strip().splitlines()
   assert ours.split("]")[0] == "[0, 1, 1"  # each update stays on its leaf's device
@@ -213,7 +230,9 @@ def test_item10_inject_with_bf16_params_needs_float32_hyperparameters():
     return np.asarray(u["w"], np.float32), state
 
   want, _ = run(lars_jax.lars(**kw))
-  got, state = run(optax.inject_hyperparams(lars_jax.lars)(**{k: jnp.float32(v) for k, v in kw.items()}))
+  got, state = run(
+    optax.inject_hyperparams(lars_jax.lars)(**{k: jnp.float32(v) for k, v in kw.items()})
+  )
   np.testing.assert_array_equal(got, want)
   bad, bad_state = run(optax.inject_hyperparams(lars_jax.lars)(**kw))  # Python floats
   assert bad_state.hyperparams["learning_rate"].dtype == jnp.bfloat16  # 0.100098
