@@ -27,6 +27,9 @@ import numpy as np
 import optax
 import pytest
 
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
 import lars_jax
 from lars_jax import sharding as lsh
 
@@ -57,6 +60,10 @@ def _run(tmp: pathlib.Path, name: str, *args: str, ckpt: pathlib.Path | None = N
   ]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
   log = proc.stdout + proc.stderr[-4000:]
+  if "Multiprocess computations aren't implemented on the CPU backend" in log:
+    # The example's library calls work there; the CPU backend of old jaxlib (0.4.35)
+    # has no collectives between processes, so N local processes cannot run.
+    pytest.skip(f"jaxlib {jax.__version__}: no multi-process collectives on the CPU backend")
   assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{log}"
   with np.load(out) as f:
     result = dict(f)
@@ -151,15 +158,15 @@ def _params():
 def test_state_shardings_is_the_full_state_tree(name):
   tx = OPTIMIZERS[name]()
   params = _params()
-  specs = {"dense": {"kernel": jax.P(None, "model"), "bias": jax.P("model")}, "scale": jax.P()}
+  specs = {"dense": {"kernel": P(None, "model"), "bias": P("model")}, "scale": P()}
   state = jax.eval_shape(tx.init, params)
   shardings = lsh.state_shardings(tx, params, specs)
   assert jax.tree.structure(shardings) == jax.tree.structure(state)
   by_shape = {}
   for s, a in zip(jax.tree.leaves(shardings), jax.tree.leaves(state)):
     by_shape.setdefault(a.shape, set()).add(s)
-  assert by_shape[(4, 2)] == {jax.P(None, "model")}  # momentum / moments of the kernel
-  assert by_shape.get((), {jax.P()}) == {jax.P()}  # counts and kept statistics: replicated
+  assert by_shape[(4, 2)] == {P(None, "model")}  # momentum / moments of the kernel
+  assert by_shape.get((), {P()}) == {P()}  # counts and kept statistics: replicated
 
 
 def test_tree_map_params_alone_gives_a_prefix_with_keep_stats():
@@ -172,16 +179,18 @@ def test_tree_map_params_alone_gives_a_prefix_with_keep_stats():
     tx, lambda _, s: s, state, params, transform_non_params=lambda _: "replicated"
   )
   assert prefix[0].stats.param_norm == "replicated"  # not a tree
-  with pytest.raises(ValueError, match="param_norm"):
+  with pytest.raises(ValueError, match="param_norm|Expected dict"):  # older jax: no path
     jax.tree.map(lambda a, s: a, state, prefix)
 
 
 def test_sharded_restore_with_keep_stats(tmp_path):
   """Save a keep_stats state, restore it into ShapeDtypeStructs carrying the shardings."""
-  mesh = jax.make_mesh((1,), ("model",), axis_types=(jax.sharding.AxisType.Auto,))
+  axis_type = getattr(jax.sharding, "AxisType", None)  # jax >= 0.5; older meshes are Auto
+  kw = {"axis_types": (axis_type.Auto,)} if axis_type else {}
+  mesh = jax.make_mesh((1,), ("model",), **kw)
   params = _params()
-  specs = {"dense": {"kernel": jax.P(None, "model"), "bias": jax.P("model")}, "scale": jax.P()}
-  param_sh = jax.tree.map(lambda s: jax.NamedSharding(mesh, s), specs)
+  specs = {"dense": {"kernel": P(None, "model"), "bias": P("model")}, "scale": P()}
+  param_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
   tx = OPTIMIZERS["lars keep_stats"]()
   params = jax.device_put(params, param_sh)
   state = tx.init(params)

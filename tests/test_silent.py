@@ -220,7 +220,7 @@ def test_item8_layer_stats_without_statistics():
 def test_item10_inject_with_bf16_params_needs_float32_hyperparameters():
   params = {"w": jnp.linspace(-1.0, 1.0, 4096).reshape(64, 64).astype(jnp.bfloat16)}
   grads = jax.tree.map(lambda x: (0.01 * x).astype(jnp.bfloat16), params)
-  # Every float hyperparameter, defaults included: inject stores the others as bf16.
+  # Every float hyperparameter, defaults included, would be stored as bf16 otherwise.
   kw = dict(learning_rate=0.1, weight_decay=1e-4, momentum=0.9, trust_coefficient=1e-3, eps=0.0)
 
   def run(tx):
@@ -230,9 +230,8 @@ def test_item10_inject_with_bf16_params_needs_float32_hyperparameters():
     return np.asarray(u["w"], np.float32), state
 
   want, _ = run(lars_jax.lars(**kw))
-  got, state = run(
-    optax.inject_hyperparams(lars_jax.lars)(**{k: jnp.float32(v) for k, v in kw.items()})
-  )
+  inject = optax.inject_hyperparams(lars_jax.lars, hyperparam_dtype=jnp.float32)
+  got, state = run(inject(**kw))
   np.testing.assert_array_equal(got, want)
   bad, bad_state = run(optax.inject_hyperparams(lars_jax.lars)(**kw))  # Python floats
   assert bad_state.hyperparams["learning_rate"].dtype == jnp.bfloat16  # 0.100098
