@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
