@@ -266,9 +266,15 @@ def _norm_source(decayed: jax.Array, u: jax.Array, p: jax.Array, wd: Any) -> jax
   equal shape share one materialised broadcast of it). Speed only, never numbers."""
   if not isinstance(decayed, jax.core.Tracer):
     return decayed
-  pw = p.astype(_numerics.wide_dtype(p.dtype))
-  neg, _ = _compat.optimization_barrier((-jnp.asarray(wd, jnp.result_type(wd, pw)), p))
-  return (u.astype(_numerics.wide_dtype(u.dtype)) - neg * pw).astype(decayed.dtype)
+
+  def cpu(u: jax.Array, p: jax.Array, decayed: jax.Array) -> jax.Array:
+    pw = p.astype(_numerics.wide_dtype(p.dtype))
+    neg, _ = _compat.optimization_barrier((-jnp.asarray(wd, jnp.result_type(wd, pw)), p))
+    return (u.astype(_numerics.wide_dtype(u.dtype)) - neg * pw).astype(decayed.dtype)
+
+  # Only XLA CPU needs it: the TPU compiler fuses `decayed` into both consumers itself,
+  # and there the barrier costs HBM traffic and temporaries (benchmarks/RESULTS.md).
+  return jax.lax.platform_dependent(u, p, decayed, cpu=cpu, default=lambda u, p, d: d)
 
 
 def scale_by_learning_rate(
