@@ -182,7 +182,8 @@ def checked_leaf_axes(
   p_leaves = jax.tree.leaves(params)
   typed = {ax: _vma_typed(ax) for i in idx for ax in axes[i]}
   for i in idx:
-    missing = varying_axes(p_leaves[i]) - set(axes[i])
+    varying = varying_axes(p_leaves[i])
+    missing = varying - set(axes[i])
     if missing:
       path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(params)[0][i][0])
       ax = sorted(map(str, missing))
@@ -193,7 +194,7 @@ def checked_leaf_axes(
         f"axis_name={ax[0]!r} (or the params' PartitionSpec tree); if it should be "
         "replicated, give it an in_spec without that axis (or pmean it)."
       )
-    extra = [ax for ax in axes[i] if typed[ax] and ax not in varying_axes(p_leaves[i])]
+    extra = [ax for ax in axes[i] if typed[ax] and ax not in varying]
     if extra:
       path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(params)[0][i][0])
       raise ValueError(

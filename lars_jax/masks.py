@@ -275,11 +275,10 @@ def resolve(
   if mask is None:
     return [True] * len(leaves)
   if callable(mask) and not isinstance(mask, (bool, np.bool_)):
-    rule, mask = mask, mask(tree)
-    if nonempty and not getattr(rule, "by_name", False):
-      bits = resolve(mask, tree, arg=arg, owner=owner)
-      _check_selects(where, arg, rule, tree, bits)
-      return bits
+    bits = resolve(mask(tree), tree, arg=arg, owner=owner)
+    if nonempty and not getattr(mask, "by_name", False):
+      _check_selects(where, arg, mask, tree, bits)
+    return bits
   if isinstance(mask, (bool, np.bool_)):
     return [bool(mask)] * len(leaves)
   try:
