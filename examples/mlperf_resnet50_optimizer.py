@@ -48,22 +48,31 @@ def hyperparameters(batch: int) -> dict:
   )
 
 
-def mlperf_optimizer(batch: int) -> optax.GradientTransformation:
-  h = hyperparameters(batch)
-  lr = lars_jax.schedules.warmup_polynomial_decay(
-    h["peak"], h["warmup_steps"], h["total_steps"], end_value=1e-4, power=2.0
-  )
+def multi_optimizer(
+  learning_rate: optax.ScalarOrSchedule, momentum: float, weight_decay: float
+) -> optax.GradientTransformation:
+  """The ``MultiOptimizer``: flax.optim LARS on every leaf whose path has no 'bias' or
+  'scale', flax Momentum (`optax.sgd`) on those that do, one learning rate for both."""
   labels = lambda params: jax.tree.map(
     lambda path: "momentum" if ("bias" in path or "scale" in path) else "lars",
     lars_jax.masks.tree_paths(params),
   )
   return optax.multi_transform(
     {
-      "lars": lars_jax.flax_lars(lr, beta=h["momentum"], weight_decay=h["weight_decay"]),
-      "momentum": optax.sgd(lr, momentum=h["momentum"]),
+      "lars": lars_jax.flax_lars(learning_rate, beta=momentum, weight_decay=weight_decay),
+      "momentum": optax.sgd(learning_rate, momentum=momentum),
     },
     labels,
   )
+
+
+def mlperf_optimizer(batch: int) -> optax.GradientTransformation:
+  """`multi_optimizer` with the submission's presets and schedule for global batch `batch`."""
+  h = hyperparameters(batch)
+  lr = lars_jax.schedules.warmup_polynomial_decay(
+    h["peak"], h["warmup_steps"], h["total_steps"], end_value=1e-4, power=2.0
+  )
+  return multi_optimizer(lr, h["momentum"], h["weight_decay"])
 
 
 if __name__ == "__main__":

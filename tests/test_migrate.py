@@ -6,6 +6,9 @@ Tolerance: rtol 1e-12 in float64 (the references and lars_jax compute the same
 formulas in a different association order); NaN and Inf must sit in the same places.
 """
 
+import importlib.util
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -295,37 +298,26 @@ def test_flax_lars(case, grads_kind):
   _check(_run(tx, params, grads), ref_flax(params, grads, 0.5, **FLAX_CASES[case]))
 
 
-def mlperf_optimizer(learning_rate, beta, weight_decay):
-  """The MLPerf v0.7 JAX ResNet-50 optimizer, as in the README recipe."""
-  labels = lambda params: jax.tree.map(
-    lambda path: "momentum" if ("bias" in path or "scale" in path) else "lars",
-    masks.tree_paths(params),
-  )
-  return optax.multi_transform(
-    {
-      "lars": lars_jax.flax_lars(learning_rate, beta, weight_decay),
-      "momentum": optax.sgd(learning_rate, momentum=beta),
-    },
-    labels,
-  )
+def _mlperf_example():
+  """examples/mlperf_resnet50_optimizer.py, imported from its file."""
+  path = pathlib.Path(__file__).parent.parent / "examples" / "mlperf_resnet50_optimizer.py"
+  spec = importlib.util.spec_from_file_location("mlperf_example", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
 
 
-@pytest.mark.parametrize("grads_kind", GRADS)
-def test_mlperf_multi_optimizer(grads_kind):
-  params = {
+def _mlperf_params():
+  return {
     "conv": {"kernel": np.random.default_rng(2).normal(size=(3, 4)), "bias": np.zeros(4)},
     "bn": {"scale": np.ones(4), "bias": np.zeros(4)},
     "dense": {"kernel": np.random.default_rng(3).normal(size=(4, 2))},
   }
-  grads = _grads(grads_kind, params, leaf=("conv", "kernel"))
-  # Fractional warm-up and total steps, as the submission's arithmetic gives them
-  # (706.5 / 2512 at batch 32768), scaled down to 6 steps: 2.5 / 5.
-  lr = lars_jax.schedules.warmup_polynomial_decay(29.0, 2.5, 5)
-  np.testing.assert_allclose(
-    [lr(t) for t in range(8)], [mlperf_lr(29.0, 2.5, 5)(t) for t in range(8)], rtol=1e-6
-  )  # the schedule computes in float32
-  tx = mlperf_optimizer(lr, 0.929, 1e-4)
-  ref = ref_flax(
+
+
+def ref_mlperf(params, grads, lr):
+  """The MLPerf v0.7 MultiOptimizer (5a): flax.optim LARS, Momentum on 'bias'/'scale'."""
+  return ref_flax(
     params,
     grads,
     _rates(lr),
@@ -333,7 +325,20 @@ def test_mlperf_multi_optimizer(grads_kind):
     weight_decay=1e-4,
     lars=lambda path: not ("bias" in path or "scale" in path),
   )
-  _check(_run(tx, params, grads), ref)
+
+
+@pytest.mark.parametrize("grads_kind", GRADS)
+def test_mlperf_multi_optimizer(grads_kind):
+  params = _mlperf_params()
+  grads = _grads(grads_kind, params, leaf=("conv", "kernel"))
+  # Fractional warm-up and total steps, as the submission's arithmetic gives them
+  # (706.5 / 2512 at batch 32768), scaled down to 6 steps: 2.5 / 5.
+  lr = lars_jax.schedules.warmup_polynomial_decay(29.0, 2.5, 5)
+  np.testing.assert_allclose(
+    [lr(t) for t in range(8)], [mlperf_lr(29.0, 2.5, 5)(t) for t in range(8)], rtol=1e-6
+  )  # the schedule computes in float32
+  tx = _mlperf_example().multi_optimizer(lr, 0.929, 1e-4)
+  _check(_run(tx, params, grads), ref_mlperf(params, grads, lr))
 
 
 BYOL_CASES = {
@@ -418,31 +423,13 @@ def test_larc_mask_is_a_no_decay_group():
 
 
 def test_mlperf_example_is_the_submission():
-  import importlib.util
-  import pathlib
-
-  path = pathlib.Path(__file__).parent.parent / "examples" / "mlperf_resnet50_optimizer.py"
-  spec = importlib.util.spec_from_file_location("mlperf_example", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  mod = _mlperf_example()
   h = mod.hyperparameters(32768)
   assert (h["warmup_steps"], h["total_steps"]) == (706.5, 2512.0)
-  params = {
-    "conv": {"kernel": np.random.default_rng(2).normal(size=(3, 4)), "bias": np.zeros(4)},
-    "bn": {"scale": np.ones(4), "bias": np.zeros(4)},
-  }
+  params = _mlperf_params()
   grads = _grads("plain", params, leaf=("conv", "kernel"))
-  tx = mod.mlperf_optimizer(32768)
   lr = lars_jax.schedules.warmup_polynomial_decay(29.0, 706.5, 2512)
-  ref = ref_flax(
-    params,
-    grads,
-    _rates(lr),
-    beta=0.929,
-    weight_decay=1e-4,
-    lars=lambda path: not ("bias" in path or "scale" in path),
-  )
-  _check(_run(tx, params, grads), ref)
+  _check(_run(mod.mlperf_optimizer(32768), params, grads), ref_mlperf(params, grads, lr))
 
 
 def _readme_block(word):
@@ -499,7 +486,4 @@ def test_readme_flax_and_mlperf_recipes():
   params = {"conv": {"kernel": np.random.default_rng(5).normal(size=(3, 4)), "bias": np.zeros(4)}}
   grads = _grads("plain", params, leaf=("conv", "kernel"))
   lr = lars_jax.schedules.warmup_polynomial_decay(29.0, 706.5, 2512)
-  ref = ref_flax(
-    params, grads, _rates(lr), beta=0.929, weight_decay=1e-4, lars=lambda path: "bias" not in path
-  )
-  _check(_run(ns["tx"], params, grads), ref)
+  _check(_run(ns["tx"], params, grads), ref_mlperf(params, grads, lr))
