@@ -72,6 +72,12 @@ def safe_sqrt(sq: jax.Array) -> jax.Array:
   return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
 
 
+def ratio_where(ok: jax.Array, num: jax.Array, den: jax.Array) -> jax.Array:
+  """`num / den` where `ok`, else 1; the division never sees a guarded denominator, so
+  neither the ratio nor its gradient is NaN there. Every guard here goes through it."""
+  return jnp.where(ok, num / jnp.where(ok, den, 1.0), 1.0)
+
+
 def trust_ratio(
   param_norm: jax.Array,
   update_norm: jax.Array,
@@ -86,9 +92,8 @@ def trust_ratio(
     >>> lars_jax.trust_ratio(jnp.array([5.0, 0.0]), jnp.array([1.0, 1.0]), 0.001)
     Array([0.005, 1.   ], dtype=float32)
   """
-  zero = (param_norm == 0) | (update_norm == 0)
-  denom = jnp.where(zero, 1.0, update_norm + eps)
-  return jnp.where(zero, 1.0, trust_coefficient * param_norm / denom)
+  ok = ~((param_norm == 0) | (update_norm == 0))
+  return ratio_where(ok, trust_coefficient * param_norm, update_norm + eps)
 
 
 def trust_ratio_if_positive(
@@ -97,12 +102,12 @@ def trust_ratio_if_positive(
   r""":math:`\eta \|w\| / \|u\|` if both norms are > 0, else 1 (TF Model Garden's nested
   ``where``: a NaN norm falls back to 1)."""
   ok = (param_norm > 0) & (update_norm > 0)
-  return jnp.where(ok, trust_coefficient * param_norm / jnp.where(ok, update_norm, 1.0), 1.0)
+  return ratio_where(ok, trust_coefficient * param_norm, update_norm)
 
 
 def _sum_norms_ratio(pn: jax.Array, gn: jax.Array, wd: Any, tc: Any, eps: Any, ok: jax.Array):
   """eta |w| / (|g| + wd |w| + eps) where `ok`, else 1."""
-  return jnp.where(ok, tc * pn / jnp.where(ok, gn + wd * pn + eps, 1.0), 1.0)
+  return ratio_where(ok, tc * pn, gn + wd * pn + eps)
 
 
 def sum_norms_ratio_if_nonzero(

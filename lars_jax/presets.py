@@ -95,7 +95,7 @@ def keras_clip(
       if clipnorm is None:  # one global norm for every leaf
         norms = jnp.broadcast_to(_numerics.safe_sqrt(jnp.sum(jnp.square(norms))), norms.shape)
       big = norms > by_norm
-      scale = jnp.where(big, by_norm / jnp.where(big, norms, 1.0), 1.0)
+      scale = _numerics.ratio_where(big, by_norm, norms)
       leaves = [jnp.where(big[i], _numerics.scale(g, scale[i]), g) for i, g in enumerate(leaves)]
     return treedef.unflatten(leaves), state
 
