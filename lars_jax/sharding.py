@@ -52,15 +52,7 @@ def state_shardings(
     >>> sh[2].trace == specs  # the momentum lives where its parameter lives
     True
   """
-  if param_shardings is None:
-    param_shardings = jax.tree_util.tree_map_with_path(_own_sharding, params)
-  if replicated is None:
-    replicated = _replicated_like(param_shardings)
-  replicate = lambda part: jax.tree.map(lambda _: replicated, part)
-  abstract = jax.eval_shape(tx.init, params)
-  return optax.tree_map_params(
-    tx, lambda _, sh: sh, abstract, param_shardings, transform_non_params=replicate
-  )
+  return _shardings(tx, params, jax.eval_shape(tx.init, params), param_shardings, replicated)
 
 
 def abstract_state(
@@ -75,9 +67,24 @@ def abstract_state(
   Returns:
     A tree with the structure of ``tx.init(params)``.
   """
-  shardings = state_shardings(tx, params, param_shardings, replicated=replicated)
-  abstract = lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)
-  return jax.tree.map(abstract, jax.eval_shape(tx.init, params), shardings)
+  abstract = jax.eval_shape(tx.init, params)  # traced once, for both
+  shardings = _shardings(tx, params, abstract, param_shardings, replicated)
+  with_sharding = lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)
+  return jax.tree.map(with_sharding, abstract, shardings)
+
+
+def _shardings(
+  tx: GradientTransformation, params: Params, abstract: Any, param_shardings: Any, replicated: Any
+) -> Any:
+  """`state_shardings` of the abstract state `abstract` (``eval_shape(tx.init, params)``)."""
+  if param_shardings is None:
+    param_shardings = jax.tree_util.tree_map_with_path(_own_sharding, params)
+  if replicated is None:
+    replicated = _replicated_like(param_shardings)
+  replicate = lambda part: jax.tree.map(lambda _: replicated, part)
+  return optax.tree_map_params(
+    tx, lambda _, sh: sh, abstract, param_shardings, transform_non_params=replicate
+  )
 
 
 def _own_sharding(path: Any, leaf: Any) -> Any:
