@@ -204,29 +204,26 @@ def layer_norms(
     # gathered on the host, returned uncommitted (each ratio follows its leaf).
     sq = [np.stack([np.asarray(sq_norm(x).astype(dtype)) for x in leaves]) for leaves in leaf_lists]
     return [safe_sqrt(jnp.asarray(v)) for v in sq]
+  # Leaves are stacked per group of mesh axes (so that a replicated leaf's norm does not
+  # take a split leaf's device-varying type under `shard_map`); the split groups share ONE
+  # psum over the union of their axes, where a leaf's squared norms enter only on the
+  # devices at index 0 of the union axes it is not split over (zeros elsewhere), so each
+  # shard counts once.
   groups: dict[tuple[Hashable, ...], list[int]] = {}
   for i, a in enumerate(axes):
     groups.setdefault(a, []).append(i)
-  if len(groups) == 1:
-    (a,) = groups
-    sq = jnp.stack([sq_norms(leaves, dtype) for leaves in leaf_lists])  # (K, N)
-    return list(safe_sqrt(jax.lax.psum(sq, a) if a else sq))
-  # Several axis groups, each stacked on its own (so that a replicated leaf's norm does
-  # not take a split leaf's device-varying type under `shard_map`), sharing ONE psum over
-  # the union of their axes: a leaf's squared norms enter it only on the devices at index
-  # 0 of the union axes it is not split over (zeros elsewhere), so each shard counts once.
   union = tuple(dict.fromkeys(ax for a in groups for ax in a))
   local, split, order_local, order_split = [], [], [], []
   for a, idx in groups.items():
     sq = jnp.stack([sq_norms([leaves[i] for i in idx], dtype) for leaves in leaf_lists])
-    if not a:
-      local.append(sq)
-      order_local.extend(idx)
-      continue
     first = [jax.lax.axis_index(ax) == 0 for ax in union if ax not in a]
-    if first:
+    if a and first:
       sq = jnp.where(functools.reduce(jnp.logical_and, first), sq, jnp.zeros_like(sq))
-    split.append(sq)
-    order_split.extend(idx)
-  sq = jnp.concatenate([*local, jax.lax.psum(jnp.concatenate(split, axis=1), union)], axis=1)
-  return list(safe_sqrt(sq[:, jnp.asarray(np.argsort(order_local + order_split))]))
+    (split if a else local).append(sq)
+    (order_split if a else order_local).extend(idx)
+  if split:
+    local.append(jax.lax.psum(jnp.concatenate(split, axis=1), union))
+  sq, order = jnp.concatenate(local, axis=1), order_local + order_split
+  if order != sorted(order):  # back to leaf order
+    sq = sq[:, jnp.asarray(np.argsort(order))]
+  return list(safe_sqrt(sq))
