@@ -112,19 +112,12 @@ def _is_axis_leaf(x: Any) -> bool:
 
 
 def _normalize_axes(a: Any) -> tuple[Hashable, ...]:
-  if a is None:
-    return ()
-  if isinstance(a, str):
-    return (a,)
-  if isinstance(a, PartitionSpec):
-    out: list[Hashable] = []
-    for entry in a:
-      if isinstance(entry, str):
-        out.append(entry)
-      elif isinstance(entry, tuple):
-        out.extend(e for e in entry if isinstance(e, str))
-    return tuple(out)
-  return tuple(a)
+  """The mesh-axis names in an axis leaf (None, a name, a tuple of names, a PartitionSpec
+  whose entries are None, a name or a tuple of names)."""
+  entries = a if isinstance(a, (tuple, PartitionSpec)) else (a,)
+  return tuple(
+    x for e in entries for x in (e if isinstance(e, tuple) else (e,)) if isinstance(x, str)
+  )
 
 
 def leaf_axes(axis_name: AxisNames, tree: Any) -> list[tuple[Hashable, ...]]:
@@ -181,11 +174,11 @@ def checked_leaf_axes(
   axes = leaf_axes(axis_name, params)
   p_leaves = jax.tree.leaves(params)
   typed = {ax: _vma_typed(ax) for i in idx for ax in axes[i]}
+  paths = [masks_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   for i in idx:
-    varying = varying_axes(p_leaves[i])
+    varying, path = varying_axes(p_leaves[i]), paths[i]
     missing = varying - set(axes[i])
     if missing:
-      path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(params)[0][i][0])
       ax = sorted(map(str, missing))
       raise ValueError(
         f"{name}: parameter {path!r} varies over the mesh axis {ax} under shard_map, "
@@ -196,7 +189,6 @@ def checked_leaf_axes(
       )
     extra = [ax for ax in axes[i] if typed[ax] and ax not in varying]
     if extra:
-      path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(params)[0][i][0])
       raise ValueError(
         f"{name}: parameter {path!r} is replicated over the mesh axis {extra} under "
         f"shard_map, but `axis_name` gives it {list(axes[i])}: its squared norm would be "
