@@ -9,13 +9,13 @@ from lars_jax._numerics import trust_ratio
 from lars_jax._stats import LayerStats, TrustRatioState
 from lars_jax.diagnostics import layer_stats
 from lars_jax.lars import lars, state_from_optax_lars
-from lars_jax.presets import byol_lars, flax_lars, keras_clip, tf_lars
-from lars_jax.torch_presets import larc, scale_by_sum_norms_trust_ratio, timm_lars, torch_lars
+from lars_jax.presets import byol_lars, flax_lars, keras_clip, larc, tf_lars, timm_lars, torch_lars
 from lars_jax.transforms import (
   TorchTraceState,
   TraceState,
   add_decayed_weights,
   scale_by_learning_rate,
+  scale_by_sum_norms_trust_ratio,
   scale_by_trust_ratio,
   scale_by_trust_ratio_with_decay,
   torch_trace,
@@ -24,18 +24,13 @@ from lars_jax.transforms import (
 
 __version__ = "0.1.0"
 
-_CONFIG_NAMES = ("LARSConfig", "OptimizerConfig")
-
 
 def __getattr__(name: str) -> Any:
-  """Imports the config module (pydantic, PyYAML) only when a config is first used."""
-  if name in _CONFIG_NAMES:
-    try:
-      from lars_jax import config
-    except ImportError as e:
-      raise ImportError(
-        f"lars_jax.{name} needs pydantic and PyYAML: pip install 'lars_jax[config]' ({e})."
-      ) from e
+  """Imports the config module (pydantic, PyYAML) only when a config is first used; its
+  ImportError says which extra to install."""
+  if name in ("LARSConfig", "OptimizerConfig"):
+    from lars_jax import config
+
     return getattr(config, name)
   raise AttributeError(f"module 'lars_jax' has no attribute {name!r}")
 

@@ -1,10 +1,10 @@
-"""Framework presets: TF Model Garden (`tf_lars`, Keras clipping `keras_clip`), DeepMind
-BYOL (`byol_lars`), flax.optim (`flax_lars`); the PyTorch family is `lars_jax.torch_presets`.
-
-Each is a thin `optax.chain` of the public transforms with its reference's numbers, zero
-guards included (README: "How the variants differ"); numeric hyperparameters may be
-traced. Every preset here and in `torch_presets` also takes, keyword-only, ``axis_name``
-(see `scale_by_trust_ratio`) and ``keep_stats`` (see `lars_jax.layer_stats`).
+"""Framework presets, each a thin `optax.chain` of the public transforms with its
+reference's numbers, zero guards included (README: "How the variants differ"): TF Model
+Garden (`tf_lars`, its Keras clipping `keras_clip`), DeepMind BYOL (`byol_lars`),
+flax.optim (`flax_lars`), Lightning Flash (`torch_lars`), NVIDIA Apex (`larc`) and timm
+(`timm_lars`). Numeric hyperparameters may be traced; every preset also takes,
+keyword-only, ``axis_name`` (see `scale_by_trust_ratio`) and ``keep_stats`` (see
+`lars_jax.layer_stats`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,16 @@ import optax
 from lars_jax import _checks, _numerics, _tree, transforms
 from lars_jax import masks as masks_lib
 from lars_jax._tree import AxisNames
-from lars_jax.torch_presets import scale_by_sum_norms_trust_ratio
 
-__all__ = ["byol_lars", "flax_lars", "keras_clip", "tf_lars"]
+__all__ = [
+  "byol_lars",
+  "flax_lars",
+  "keras_clip",
+  "larc",
+  "tf_lars",
+  "timm_lars",
+  "torch_lars",
+]
 
 Patterns = Sequence[str] | None
 
@@ -48,9 +55,6 @@ def keras_clip(
     clipvalue: :math:`c_v \ge 0`, the elementwise bound (real leaves only).
     clipnorm: :math:`c_n \ge 0`, the bound on each leaf's L2 norm.
     global_clipnorm: :math:`c_g \ge 0`, the bound on the norm of all leaves together.
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
@@ -80,16 +84,13 @@ def keras_clip(
     if not leaves:
       return updates, state
     if clipvalue is not None:
-      out = []
-      for g in leaves:
-        if jnp.issubdtype(g.dtype, jnp.complexfloating):
-          raise TypeError(
-            f"{name}: `clipvalue` clips real values elementwise; got a {g.dtype} "
-            "gradient. Use `clipnorm` or `global_clipnorm` for complex parameters."
-          )
-        wide = g.astype(_numerics.wide_dtype(g.dtype))
-        out.append(jnp.clip(wide, -clipvalue, clipvalue).astype(g.dtype))
-      leaves = out
+      if any(jnp.iscomplexobj(g) for g in leaves):
+        raise TypeError(
+          f"{name}: `clipvalue` clips real values elementwise; got a complex gradient. "
+          "Use `clipnorm` or `global_clipnorm` for complex parameters."
+        )
+      wide = lambda g: g.astype(_numerics.wide_dtype(g.dtype))
+      leaves = [jnp.clip(wide(g), -clipvalue, clipvalue).astype(g.dtype) for g in leaves]
     if by_norm is not None:
       (norms,) = _numerics.layer_norms([leaves], _tree.leaf_axes(axis_name, updates))
       if clipnorm is None:  # one global norm for every leaf
@@ -181,7 +182,7 @@ def tf_lars(
     Traceback (most recent call last):
     ValueError: exclude_names: pattern 'bias' matches no parameter ...
   """
-  _checks.check_learning_rate(learning_rate)
+  lr = transforms.scale_by_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
   _checks.check_scalar("weight_decay_rate", weight_decay_rate, fix="Use 0.0 to disable it.")
   _checks.check_numbers(eeta=eeta)
@@ -191,7 +192,6 @@ def tf_lars(
   adapt_mask = _exclude_mask(exclude_from_layer_adaptation, "exclude_from_layer_adaptation")
   adapt_mask = adapt_mask if exclude_from_layer_adaptation else decay_mask
   clip = keras_clip(clipvalue, clipnorm, global_clipnorm, axis_name=axis_name)
-  lr = transforms.scale_by_learning_rate(learning_rate)
   trace = transforms.trace(momentum, nesterov=nesterov)
   if classic_momentum:
     ratio = _tf_trust_ratio(weight_decay_rate, eeta, decay_mask, adapt_mask, axis_name, keep_stats)
@@ -239,9 +239,6 @@ def byol_lars(
     eta: the trust coefficient :math:`\eta \ge 0`.
     weight_decay_mask: which leaves to decay (BYOL's ``weight_decay_filter``).
     trust_ratio_mask: which leaves to adapt (BYOL's ``lars_adaptation_filter``).
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
 
   Examples:
     Under a warm-up, step 2 applies 0.2 to both gradients (`lars`: 0.1, then 0.2).
@@ -296,9 +293,6 @@ def flax_lars(
     eps: :math:`\epsilon \ge 0`.
     nesterov: Nesterov momentum.
 
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
-
   Examples:
     A zero gradient: `flax_lars` still decays the leaf; `torch_lars` passes it through.
 
@@ -314,7 +308,191 @@ def flax_lars(
   _checks.check_momentum("beta", beta)
   trace = transforms.trace(beta, nesterov=nesterov)
   kw = {"adapt_without_decay": True, "guard": "flax", "axis_name": axis_name}
-  rewrite = scale_by_sum_norms_trust_ratio(
+  rewrite = transforms.scale_by_sum_norms_trust_ratio(
     trust_coefficient, weight_decay, eps, **kw, keep_stats=keep_stats
   )
   return optax.chain(rewrite, lr, trace)
+
+
+def torch_lars(
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: float | jax.Array = 0.0,
+  dampening: float | jax.Array = 0.0,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  nesterov: bool = False,
+  trust_coefficient: float | jax.Array = 0.001,
+  eps: float | jax.Array = 1e-8,
+  weight_decay_mask: masks_lib.Mask = True,
+  *,
+  axis_name: AxisNames = None,
+  keep_stats: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""The PyTorch LARS of Lightning Flash (SimCLR/BYOL lineage), same defaults.
+
+  .. math::
+
+    d &= \frac{\eta\|w\|}{\|g\| + \lambda\|w\| + \epsilon}\,(g + \lambda w)
+      \quad\text{if } \lambda \ne 0,\ \|w\| > 0,\ \|g\| > 0\text{, else } g \\
+    b &= d \ \text{(first step)}, \quad b \leftarrow \mu b + (1 - \tau) d \ \text{(later)},
+      \qquad d \leftarrow d + \mu b \text{ (Nesterov) or } b \\
+    w &\leftarrow w - \gamma(c)\, d
+
+  with :math:`g` the raw gradient. Leaves where `weight_decay_mask` is False (a group
+  with ``weight_decay=0``) are neither decayed nor adapted.
+
+  Args:
+    learning_rate: :math:`\gamma \ge 0`, or a schedule (read at 0 on the first step).
+    momentum: :math:`\mu \in [0, 1)`.
+    dampening: :math:`\tau \in [0, 1]`.
+    weight_decay: :math:`\lambda \ge 0`, or a schedule.
+    nesterov: Nesterov momentum (needs :math:`\mu > 0`, :math:`\tau = 0`).
+    trust_coefficient: :math:`\eta \ge 0`.
+    eps: :math:`\epsilon \ge 0`, added to the denominator.
+    weight_decay_mask: which leaves are in the decayed group (see `lars_jax.masks`).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`: ``chain(scale_by_sum_norms_trust_ratio,
+    torch_trace, scale_by_learning_rate)``.
+
+  Examples:
+    The ratio divides by :math:`\|g\| + \lambda\|w\|`, `lars` by :math:`\|g + \lambda w\|`:
+
+    >>> import jax.numpy as jnp, lars_jax
+    >>> w, g = jnp.array([3.0, 4.0]), jnp.array([0.4, -0.3])
+    >>> for tx in (lars_jax.torch_lars(1.0, weight_decay=0.1, eps=0.0),
+    ...            lars_jax.lars(1.0, weight_decay=0.1)):
+    ...   u, _ = tx.update(g, tx.init(w), w)
+    ...   print(u)  # torch_lars: 0.005 / 1.0 * (0.7, 0.1); lars: 0.005 / 0.7071 * (0.7, 0.1)
+    [-0.0035 -0.0005]
+    [-0.00495 -0.00071]
+  """
+  _checks.check_learning_rate(learning_rate)
+  _checks.check_momentum("momentum", momentum)
+  stats = {"axis_name": axis_name, "keep_stats": keep_stats}
+  rewrite = transforms.scale_by_sum_norms_trust_ratio(
+    trust_coefficient, weight_decay, eps, weight_decay_mask, **stats
+  )
+  return _torch_sgd(rewrite, learning_rate, momentum, dampening, nesterov)
+
+
+def _torch_sgd(rewrite, learning_rate, momentum, dampening, nesterov):
+  """`rewrite`, then PyTorch's SGD momentum, then the learning rate."""
+  trace = transforms.torch_trace(momentum, dampening, nesterov=nesterov)
+  return optax.chain(rewrite, trace, transforms.scale_by_learning_rate(learning_rate))
+
+
+def larc(
+  inner: optax.GradientTransformation,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  trust_coefficient: float | jax.Array = 0.02,
+  clip: bool = True,
+  eps: float | jax.Array = 1e-8,
+  weight_decay_mask: masks_lib.Mask = True,
+  axis_name: AxisNames = None,
+  keep_stats: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""NVIDIA Apex's LARC around any optax optimizer.
+
+  Each gradient is rewritten (`scale_by_sum_norms_trust_ratio` with
+  ``adapt_without_decay=True``, clip mode :math:`\min(r/\gamma, 1)` or scale mode
+  :math:`r`), then `inner` runs; give `inner` no weight decay. With ``optax.sgd`` and
+  ``clip=False`` this is `torch_lars` with ``trust_coefficient=0.02``.
+
+  Args:
+    inner: the optimizer to wrap, e.g. ``optax.sgd(lr, momentum=0.9)``.
+    learning_rate: :math:`\gamma`, the inner optimizer's learning rate or schedule.
+    weight_decay: :math:`\lambda \ge 0`, or a schedule.
+    trust_coefficient: :math:`\eta \ge 0` (Apex's default 0.02).
+    clip: clip mode (Apex's default) if True, scale mode if False.
+    eps: :math:`\epsilon \ge 0`.
+    weight_decay_mask: which leaves are in the decayed parameter group; the others
+      are adapted without decay, as LARC does.
+
+  Examples:
+    Clip mode caps each layer's rate at the global one:
+
+    >>> import jax.numpy as jnp, optax, lars_jax
+    >>> params = {'big': jnp.array([30.0, 40.0]), 'small': jnp.array([0.3, 0.4])}
+    >>> g = {'big': jnp.array([0.6, 0.8]), 'small': jnp.array([0.6, 0.8])}  # |g| = 1
+    >>> tx = lars_jax.larc(optax.sgd(0.1), learning_rate=0.1, eps=0.0)
+    >>> u, _ = tx.update(g, tx.init(params), params)  # r = 1.0 and 0.01
+    >>> print(u['big'], u['small'])  # rates min(r, 0.1): 0.1 and 0.01
+    [-0.06 -0.08] [-0.006 -0.008]
+  """
+  if not isinstance(inner, optax.GradientTransformation):
+    raise TypeError(
+      "`inner` must be an optax GradientTransformation (e.g. optax.sgd(lr, "
+      f"momentum=0.9)), got {type(inner).__name__}."
+    )
+  _checks.check_learning_rate(learning_rate)
+  _checks.check_bools(clip=clip)
+  kw = {"adapt_without_decay": True, "clip_learning_rate": learning_rate if clip else None}
+  stats = {"axis_name": axis_name, "keep_stats": keep_stats}
+  rewrite = transforms.scale_by_sum_norms_trust_ratio(
+    trust_coefficient, weight_decay, eps, weight_decay_mask, **kw, **stats
+  )
+  return optax.chain(rewrite, inner)
+
+
+def timm_lars(
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: float | jax.Array = 0.0,
+  dampening: float | jax.Array = 0.0,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  *,
+  nesterov: bool = False,
+  trust_coeff: float | jax.Array = 0.001,
+  eps: float | jax.Array = 1e-8,
+  trust_clip: bool = False,
+  always_adapt: bool = False,
+  weight_decay_mask: masks_lib.Mask = True,
+  axis_name: AxisNames = None,
+  keep_stats: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""timm's ``Lars`` (``timm.optim.Lars``), same keywords and defaults.
+
+  Per leaf :math:`w`, raw gradient :math:`g`, group decay :math:`\lambda` (0 where
+  `weight_decay_mask` is False):
+
+  .. math::
+
+    r &= \eta\|w\| / (\|g\| + \lambda\|w\| + \epsilon) \ \text{(1 unless both norms} > 0),
+      \quad r \leftarrow \min(r / \gamma(c), 1) \text{ with trust\_clip} \\
+    d &= r\,(g + \lambda w) \ \text{if } \lambda \ne 0 \text{ or always\_adapt, else } g \\
+    b &= d \ \text{(first step)}, \quad b \leftarrow \mu b + (1 - \tau) d, \qquad
+    w \leftarrow w - \gamma(c)\,(b \text{, or } d + \mu b \text{ with Nesterov})
+
+  Args:
+    learning_rate, momentum, dampening, weight_decay, nesterov, eps: as in `torch_lars`.
+    trust_coeff: :math:`\eta \ge 0`.
+    trust_clip: clip the ratio to :math:`\min(r/\gamma, 1)`.
+    always_adapt: adapt the group without weight decay too.
+    weight_decay_mask: which leaves are in the decayed group (see `lars_jax.masks`).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`: ``chain(scale_by_sum_norms_trust_ratio(
+    guard='timm'), torch_trace, scale_by_learning_rate)``.
+
+  Examples:
+    ``trust_clip`` clips the zero-gradient fallback ratio 1 to :math:`1/\gamma`:
+
+    >>> import jax.numpy as jnp, lars_jax
+    >>> w, g = jnp.array([3.0, 4.0]), jnp.zeros(2)
+    >>> for clip in (False, True):
+    ...   tx = lars_jax.timm_lars(2.0, weight_decay=0.1, trust_clip=clip)
+    ...   print(tx.update(g, tx.init(w), w)[0])  # -2 * r * 0.1 * w, r = 1 then 0.5
+    [-0.6 -0.8]
+    [-0.3 -0.4]
+  """
+  _checks.check_learning_rate(learning_rate)
+  _checks.check_momentum("momentum", momentum)
+  _checks.check_bools(trust_clip=trust_clip, always_adapt=always_adapt)
+  clip_lr = learning_rate if trust_clip else None
+  kw = {"adapt_without_decay": always_adapt, "clip_learning_rate": clip_lr, "guard": "timm"}
+  stats = {"axis_name": axis_name, "keep_stats": keep_stats}
+  rewrite = transforms.scale_by_sum_norms_trust_ratio(
+    trust_coeff, weight_decay, eps, weight_decay_mask, **kw, **stats
+  )
+  return _torch_sgd(rewrite, learning_rate, momentum, dampening, nesterov)

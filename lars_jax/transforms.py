@@ -1,4 +1,4 @@
-"""Composable optax transformations that make up LARS.
+"""Composable optax transformations that make up LARS and the framework presets.
 
 Each factory returns an `optax.GradientTransformationExtraArgs`. Norms and ratios are
 taken in float32 or wider, all leaves at once (one collective under `shard_map`), with the
@@ -7,7 +7,7 @@ guards of `lars_jax._numerics` (README: Numerics).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +22,14 @@ __all__ = [
   "TraceState",
   "add_decayed_weights",
   "scale_by_learning_rate",
+  "scale_by_sum_norms_trust_ratio",
   "scale_by_trust_ratio",
   "scale_by_trust_ratio_with_decay",
   "torch_trace",
   "trace",
 ]
+
+Guard = Literal["pytorch", "timm", "flax"]
 
 
 class TraceState(NamedTuple):
@@ -53,9 +56,6 @@ def add_decayed_weights(
   Args:
     weight_decay: the rate :math:`\lambda \ge 0`, or a schedule ``count -> rate``.
     mask: which leaves to decay (see `lars_jax.masks`); None decays all.
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
@@ -122,9 +122,6 @@ def scale_by_trust_ratio(
     positive_norms_only: TF Model Garden's guard: the ratio is 1 unless both norms are
       > 0, so a NaN norm falls back to 1 (``eps`` must be 0).
 
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
-
   Examples:
     >>> import jax.numpy as jnp, lars_jax
     >>> tx = lars_jax.scale_by_trust_ratio(trust_coefficient=0.001)
@@ -174,9 +171,6 @@ def scale_by_trust_ratio_with_decay(
     weight_decay_mask: which leaves to decay (see `lars_jax.masks`); None: all.
     trust_ratio_mask: which leaves to adapt; None: all.
     axis_name, keep_stats, positive_norms_only: as in `scale_by_trust_ratio`.
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
@@ -277,6 +271,121 @@ def _norm_source(decayed: jax.Array, u: jax.Array, p: jax.Array, wd: Any) -> jax
   return jax.lax.platform_dependent(u, p, decayed, cpu=cpu, default=lambda u, p, d: d)
 
 
+def scale_by_sum_norms_trust_ratio(
+  trust_coefficient: float | jax.Array = 0.001,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  eps: float | jax.Array = 1e-8,
+  mask: masks_lib.Mask = None,
+  *,
+  adapt_without_decay: bool = False,
+  clip_learning_rate: optax.ScalarOrSchedule | None = None,
+  guard: Guard = "pytorch",
+  axis_name: AxisNames = None,
+  keep_stats: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""The PyTorch LARS gradient rewrite: decay and scale by a sum-of-norms ratio.
+
+  Per leaf :math:`w`, raw gradient :math:`g`, step :math:`c`, with :math:`\lambda_\ell =
+  \lambda(c)` where `mask` is True and 0 elsewhere (a group with ``weight_decay=0``):
+
+  .. math::
+
+    r = \frac{\eta\,\|w\|}{\|g\| + \lambda_\ell\|w\| + \epsilon}, \qquad
+    a = \min(r / \gamma(c), 1) \text{ with clip\_learning\_rate } \gamma
+        \text{ (1 while } \gamma = 0\text{), else } r, \qquad
+    d = a\,(g + \lambda_\ell w)
+
+  on adapted leaves (:math:`\lambda_\ell \ne 0`, or all with `adapt_without_decay`); the
+  others pass :math:`g` through. The denominator is the *sum* of the norms, on the raw
+  gradient. Where a norm is zero the references differ (`guard`; `lars_jax._numerics`):
+
+  * ``'pytorch'`` (Flash, Apex LARC): where a norm is 0, :math:`g` passes through.
+  * ``'timm'``: :math:`r = 1` unless both norms are > 0 (NaN too); decay still added.
+  * ``'flax'``: :math:`r = 1` where a norm is exactly 0; decay still added.
+
+  Args:
+    trust_coefficient: :math:`\eta \ge 0`.
+    weight_decay: :math:`\lambda \ge 0`, or a schedule.
+    eps: :math:`\epsilon \ge 0`, added to the denominator.
+    mask: which leaves are in the decayed group (see `lars_jax.masks`); None: all.
+    adapt_without_decay: adapt leaves whose decay is 0 too (LARC, timm, flax.optim).
+    clip_learning_rate: :math:`\gamma` for LARC's and timm's clip (None: no clip).
+    guard: the zero-norm rule, see above.
+    axis_name: as in `scale_by_trust_ratio`.
+    keep_stats: keep :math:`\|w\|`, :math:`\|g\|` and the applied factor (1 where the
+      leaf passed through) in the state (`lars_jax.layer_stats`).
+
+  Examples:
+    >>> import jax.numpy as jnp, lars_jax
+    >>> w, g = jnp.array([3.0, 4.0]), jnp.array([0.6, 0.8])  # |w| = 5, |g| = 1
+    >>> tx = lars_jax.scale_by_sum_norms_trust_ratio(0.001, weight_decay=0.1, eps=0.0)
+    >>> d, _ = tx.update(g, tx.init(w), w)  # 0.001 * 5 / (1 + 0.1 * 5) * (g + 0.1 w)
+    >>> d
+    Array([0.003, 0.004], dtype=float32)
+    >>> zero = jnp.zeros(2)  # a zero gradient: Flash passes it through, timm decays
+    >>> for guard in ('pytorch', 'timm'):
+    ...   tx = lars_jax.scale_by_sum_norms_trust_ratio(0.001, 0.1, guard=guard)
+    ...   print(tx.update(zero, tx.init(w), w)[0])
+    [0. 0.]
+    [0.3 0.4]
+  """
+  name = "scale_by_sum_norms_trust_ratio"
+  _checks.check_scalar("weight_decay", weight_decay, fix="Use 0.0 to disable it.")
+  _checks.check_numbers(trust_coefficient=trust_coefficient, eps=eps)
+  _checks.check_scalar("trust_coefficient", trust_coefficient)
+  _checks.check_scalar("eps", eps)
+  _checks.check_bools(adapt_without_decay=adapt_without_decay, keep_stats=keep_stats)
+  if guard not in ("pytorch", "timm", "flax"):
+    raise ValueError(f"`guard` must be 'pytorch', 'timm' or 'flax', got {guard!r}.")
+  if clip_learning_rate is not None:
+    _checks.check_scalar(
+      "learning_rate", clip_learning_rate, fix="Pass the inner optimizer's learning rate."
+    )
+  no_decay = _checks.is_zero_number(weight_decay)
+  identity = no_decay and not adapt_without_decay
+  counted = callable(weight_decay) or callable(clip_learning_rate)
+
+  def init_fn(params):
+    bits = _tree.init_checks(name, params, mask, "mask", axis_name)
+    adapted = [b and not identity or adapt_without_decay for b in bits]
+    return _stats.init(keep_stats, counted, params, adapted)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if identity:
+      return updates, _tree.advance(state)
+    g_leaves, p_leaves, treedef, decay = _tree.flat_update_args(name, updates, params, mask)
+    idx = [i for i, b in enumerate(decay) if b or adapt_without_decay]
+    if not idx:
+      return updates, _stats.step(state, treedef, idx, len(g_leaves))
+    wd = 0.0 if no_decay else _tree.at_count(weight_decay, state)
+    axes = _tree.checked_leaf_axes(name, axis_name, params, idx)
+    pn, gn = _numerics.layer_norms([[p_leaves[i] for i in idx], [g_leaves[i] for i in idx]], axes)
+    wds = wd * jnp.asarray([decay[i] for i in idx], pn.dtype)
+    if guard == "pytorch":
+      ratio, ok = _numerics.sum_norms_ratio_if_nonzero(
+        pn, gn, wds, trust_coefficient, eps, need_decay=not adapt_without_decay
+      )
+    else:
+      timm = guard == "timm"
+      fn = _numerics.sum_norms_ratio_if_positive if timm else _numerics.sum_norms_ratio_unless_zero
+      ratio = fn(pn, gn, wds, trust_coefficient, eps)
+      ok = jnp.ones_like(ratio, bool) if adapt_without_decay else wds != 0
+    if clip_learning_rate is not None:
+      ratio = _numerics.clip_ratio(ratio, _tree.at_count(clip_learning_rate, state))
+    out = list(g_leaves)
+    for k, i in enumerate(idx):
+      g = g_leaves[i]
+      d = _numerics.decayed_wide(g, p_leaves[i], wd) if decay[i] and not no_decay else g
+      d = d.astype(_numerics.wide_dtype(g.dtype)) * ratio[k]
+      out[i] = jnp.where(ok[k], d, g.astype(d.dtype)).astype(g.dtype)
+    applied = jnp.where(ok, ratio, 1.0)
+    state = _stats.step(state, treedef, idx, len(out), (pn, gn, applied))
+    return treedef.unflatten(out), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def scale_by_learning_rate(
   learning_rate: optax.ScalarOrSchedule, *, flip_sign: bool = True
 ) -> optax.GradientTransformationExtraArgs:
@@ -287,9 +396,6 @@ def scale_by_learning_rate(
   Args:
     learning_rate: :math:`\gamma \ge 0`, or a schedule ``count -> rate``.
     flip_sign: negate, so that ``optax.apply_updates`` descends.
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
 
   Examples:
     >>> import jax.numpy as jnp, optax, lars_jax
@@ -326,9 +432,6 @@ def trace(
     nesterov: use Nesterov momentum.
     accumulator_dtype: dtype of the buffer (default: each parameter's dtype), e.g.
       ``jnp.float32`` for bfloat16 parameters.
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
@@ -378,9 +481,6 @@ def torch_trace(
     dampening: :math:`\tau \in [0, 1]`.
     nesterov: Nesterov momentum (needs :math:`\mu > 0` and :math:`\tau = 0`, as PyTorch).
     accumulator_dtype: dtype of the buffer (default: each parameter's dtype).
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
