@@ -1,6 +1,5 @@
-"""Per-layer statistics of what the optimizer applied, for logging: with ``keep_stats=True``
-the state holds each adapted leaf's norms and trust ratio of the last step (`LayerStats`,
-no extra reduction); `layer_stats` turns a state into ``{'<stat>/<path>': float}``."""
+"""Per-layer statistics for logging: with ``keep_stats=True`` the state holds each adapted
+leaf's norms and trust ratio of the last step (`LayerStats`, no extra reduction)."""
 
 from __future__ import annotations
 

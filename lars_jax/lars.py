@@ -98,16 +98,14 @@ def lars(
 
 
 def state_from_optax_lars(optax_state: Any, init_state: Any) -> Any:
-  """Continues an `optax.lars` run with `lars_jax.lars`: converts its optimizer state.
-
-  Training then continues bit for bit as with `optax.lars` (README: Checkpoints).
+  """Converts an `optax.lars` state for `lars_jax.lars`, which continues the run bit for bit.
 
   Args:
     optax_state: the state of ``optax.lars(...)`` (a 4-tuple).
     init_state: ``lars_jax.lars(...).init(params)`` with the same hyperparameters.
 
   Returns:
-    `init_state`'s structure with `optax_state`'s values.
+    `init_state`'s structure with `optax_state`'s values (README: Checkpoints).
 
   Examples:
     >>> import jax.numpy as jnp, optax, lars_jax
@@ -159,21 +157,19 @@ def state_from_optax_lars(optax_state: Any, init_state: Any) -> Any:
         f"{name}: lars_jax's state counts {what} steps (a schedule) but optax's does "
         f"not: build both with the same {what}."
       )
-  step = decay_count if decay_count is not None else lr_count  # TrustRatioState counts every step
+  step = decay_count if decay_count is not None else lr_count  # keep_stats counts every step
   if "count" in ratio._fields and step is not None:
     ratio = ratio._replace(count=step)
   if isinstance(ours_lr, optax.ScaleByScheduleState):
     ours_lr = ours_lr._replace(count=lr_count)
   trace, ours = momentum.trace, ours_trace.trace
   if jax.tree.structure(trace) != jax.tree.structure(ours):
-    ma, mb = _masked_paths(trace), _masked_paths(ours)
-    note = (
-      f" optax.MaskedNode stands at {ma or 'no leaf'} in optax's, at {mb or 'no leaf'} in ours."
-    )
+    ma, mb = (_masked_paths(t) or "no leaf" for t in (trace, ours))
+    note = f" optax.MaskedNode stands at {ma} in optax's, at {mb} in ours." if ma != mb else ""
     raise ValueError(
       f"{name}: the momentum buffers differ in structure: optax {jax.tree.structure(trace)}, "
-      f"lars_jax {jax.tree.structure(ours)}.{note if ma != mb else ''} Build both from the "
-      "same params (and the same partition, if inside optax.multi_transform)."
+      f"lars_jax {jax.tree.structure(ours)}.{note} Build both from the same params (and the "
+      "same partition, if inside optax.multi_transform)."
     )
   trace = jax.tree.map(lambda t, o: jnp.asarray(t, o.dtype), trace, ours)
   return (ratio, ours_lr, ours_trace._replace(trace=trace))
@@ -184,12 +180,9 @@ def _is_optax(state: Any) -> bool:
 
 
 def _is_ours(state: Any) -> bool:
-  return (
-    isinstance(state, tuple)
-    and len(state) == 3
-    and isinstance(state[2], transforms.TraceState)
-    and isinstance(state[0], (optax.EmptyState, optax.ScaleByScheduleState, _stats.TrustRatioState))
-  )
+  firsts = (optax.EmptyState, optax.ScaleByScheduleState, _stats.TrustRatioState)
+  is_chain = isinstance(state, tuple) and len(state) == 3
+  return is_chain and isinstance(state[0], firsts) and isinstance(state[2], transforms.TraceState)
 
 
 def _describe(state: Any) -> str:

@@ -1,7 +1,6 @@
 """MLPerf-style learning-rate schedules, built from optax schedules: functions of the step
 count ``c = 0, 1, ...`` (the first update reads ``schedule(0)``), with an optional linear
-warm-up from 0 joined by `optax.join_schedules`. Their YAML configs are in `lars_jax.config`.
-"""
+warm-up from 0 joined by `optax.join_schedules`. Their YAML configs are in `lars_jax.config`."""
 
 from __future__ import annotations
 
