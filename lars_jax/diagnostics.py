@@ -1,6 +1,5 @@
-"""Per-layer statistics of what the optimizer applied, for logging: with ``keep_stats=True``
-the state holds each adapted leaf's norms and trust ratio of the last step (`LayerStats`,
-no extra reduction); `layer_stats` turns a state into ``{'<stat>/<path>': float}``."""
+"""Per-layer statistics for logging: with ``keep_stats=True`` the state holds each adapted
+leaf's norms and trust ratio of the last step (`LayerStats`, no extra reduction)."""
 
 from __future__ import annotations
 
@@ -64,19 +63,14 @@ def layer_stats(opt_state: Any) -> dict[str, float]:
       "Call it on the concrete state the jitted step returned, outside the step."
     )
   out: dict[str, Any] = {}
-  for state_path, node in found:
-    if isinstance(node, Mapping):  # nnx.state(optimizer) turns NamedTuples into mappings
-      node = LayerStats(**node)
-    for stat, tree in zip(LayerStats._fields, node):
-      for leaf_path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if np.size(value) == 0:  # a state built for a tree without leaves
-          continue
-        path = masks_lib.path_str(leaf_path)
-        key = f"{stat}/{path}" if path else stat
-        if key in out:
-          key = f"{stat}/{masks_lib.path_str(state_path)}/{path}"
-        out[key] = value
-  values = jax.device_get(out)
-  # A Python float for a scalar; a NumPy array for a state stacked by `jax.vmap`.
-  values = {k: np.asarray(v) for k, v in values.items()}
-  return {k: float(values[k]) if values[k].ndim == 0 else values[k] for k in sorted(values)}
+  for state_path, node in found:  # a LayerStats, or the mapping nnx.state makes of one
+    for path, value in jax.tree_util.tree_leaves_with_path(node):
+      if np.size(value) == 0:  # a state built for a tree without leaves
+        continue
+      key = masks_lib.path_str(path)  # '<stat>/<leaf path>'
+      if key in out:
+        stat, _, leaf = key.partition("/")
+        key = f"{stat}/{masks_lib.path_str(state_path)}/{leaf}"
+      out[key] = value
+  values = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+  return {k: float(v) if v.ndim == 0 else v for k, v in sorted(values.items())}

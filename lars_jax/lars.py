@@ -60,10 +60,9 @@ def lars(
     keep_stats: keep per-leaf norms and ratios in the state (`lars_jax.layer_stats`).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`: ``chain(scale_by_trust_ratio_with_decay,
-    scale_by_learning_rate, trace)``, the numbers of ``chain(add_decayed_weights,
-    scale_by_trust_ratio, scale_by_learning_rate, trace)``: the learning rate is
-    applied *before* the momentum (TF's "classic momentum").
+    ``chain(scale_by_trust_ratio_with_decay, scale_by_learning_rate, trace)``, the numbers of
+    ``chain(add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate, trace)``: the
+    learning rate is applied *before* the momentum (TF's "classic momentum").
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, lars_jax
@@ -99,16 +98,14 @@ def lars(
 
 
 def state_from_optax_lars(optax_state: Any, init_state: Any) -> Any:
-  """Continues an `optax.lars` run with `lars_jax.lars`: converts its optimizer state.
-
-  Training then continues bit for bit as with `optax.lars` (README: Checkpoints).
+  """Converts an `optax.lars` state for `lars_jax.lars`, which continues the run bit for bit.
 
   Args:
     optax_state: the state of ``optax.lars(...)`` (a 4-tuple).
     init_state: ``lars_jax.lars(...).init(params)`` with the same hyperparameters.
 
   Returns:
-    `init_state`'s structure with `optax_state`'s values.
+    `init_state`'s structure with `optax_state`'s values (README: Checkpoints).
 
   Examples:
     >>> import jax.numpy as jnp, optax, lars_jax
@@ -126,25 +123,21 @@ def state_from_optax_lars(optax_state: Any, init_state: Any) -> Any:
       f"{name}: the arguments look swapped: pass the optax.lars state first and "
       "lars_jax.lars(...).init(params) second."
     )
-  theirs_injected, ours_injected = _is_injected(optax_state), _is_injected(init_state)
-  if ours_injected:
-    inner = state_from_optax_lars(
-      optax_state.inner_state if theirs_injected else optax_state, init_state.inner_state
-    )
-    if not theirs_injected:
-      return init_state._replace(inner_state=inner)
-    hyper = {
-      k: jnp.asarray(optax_state.hyperparams.get(k, v), jnp.asarray(v).dtype)
-      for k, v in init_state.hyperparams.items()
-    }
-    return init_state._replace(count=optax_state.count, hyperparams=hyper, inner_state=inner)
-  if theirs_injected:
-    optax_state = optax_state.inner_state
-  if not _is_optax(optax_state):
+  theirs = optax_state.inner_state if hasattr(optax_state, "hyperparams") else optax_state
+  if hasattr(init_state, "hyperparams"):  # optax.inject_hyperparams(lars_jax.lars)
+    new = {"inner_state": state_from_optax_lars(theirs, init_state.inner_state)}
+    if theirs is not optax_state:  # injected too: its count and hyperparameters carry over
+      new["count"] = optax_state.count
+      new["hyperparams"] = {
+        k: jnp.asarray(optax_state.hyperparams.get(k, v), jnp.asarray(v).dtype)
+        for k, v in init_state.hyperparams.items()
+      }
+    return init_state._replace(**new)
+  if not _is_optax(theirs):
     raise ValueError(
       f"{name}: `optax_state` must be the state of optax.lars(...) (or of "
       "optax.inject_hyperparams(optax.lars)(...)): a 4-tuple (weight decay, trust "
-      f"ratio, learning rate, TraceState). Got {_describe(optax_state)}."
+      f"ratio, learning rate, TraceState). Got {_describe(theirs)}."
     )
   if not _is_ours(init_state):
     raise ValueError(
@@ -152,49 +145,34 @@ def state_from_optax_lars(optax_state: Any, init_state: Any) -> Any:
       "optax.inject_hyperparams(lars_jax.lars)): a 3-tuple (trust ratio, learning rate, "
       f"TraceState). Got {_describe(init_state)}."
     )
-  decay, _, lr, momentum = optax_state
-  ours_ratio, ours_lr, ours_trace = init_state
-  decay_count, lr_count = _count_of(decay), _count_of(lr)
-  for what, theirs, ours in [
-    ("weight-decay", decay_count, ours_ratio),
+  decay, _, lr, momentum = theirs
+  ratio, ours_lr, ours_trace = init_state
+  decay_count, lr_count = (optax.tree_utils.tree_get(s, "count") for s in (decay, lr))
+  for what, count, ours in [
+    ("weight-decay", decay_count, ratio),
     ("learning-rate", lr_count, ours_lr),
   ]:
-    if theirs is None and isinstance(ours, optax.ScaleByScheduleState):
+    if count is None and isinstance(ours, optax.ScaleByScheduleState):
       raise ValueError(
         f"{name}: lars_jax's state counts {what} steps (a schedule) but optax's does "
         f"not: build both with the same {what}."
       )
-  if isinstance(ours_ratio, optax.ScaleByScheduleState):
-    ours_ratio = ours_ratio._replace(count=decay_count)
-  elif isinstance(ours_ratio, _stats.TrustRatioState):  # keep_stats: a step count
-    count = decay_count if decay_count is not None else lr_count
-    ours_ratio = ours_ratio if count is None else ours_ratio._replace(count=count)
+  step = decay_count if decay_count is not None else lr_count  # keep_stats counts every step
+  if "count" in ratio._fields and step is not None:
+    ratio = ratio._replace(count=step)
   if isinstance(ours_lr, optax.ScaleByScheduleState):
     ours_lr = ours_lr._replace(count=lr_count)
-  trace = momentum.trace
-  if jax.tree.structure(trace) != jax.tree.structure(ours_trace.trace):
-    ma, mb = _masked_paths(trace), _masked_paths(ours_trace.trace)
-    note = (
-      f" optax.MaskedNode stands at {ma or 'no leaf'} in optax's, at {mb or 'no leaf'} in ours."
-    )
+  trace, ours = momentum.trace, ours_trace.trace
+  if jax.tree.structure(trace) != jax.tree.structure(ours):
+    ma, mb = (_masked_paths(t) or "no leaf" for t in (trace, ours))
+    note = f" optax.MaskedNode stands at {ma} in optax's, at {mb} in ours." if ma != mb else ""
     raise ValueError(
-      f"{name}: the momentum buffers differ in structure: optax "
-      f"{jax.tree.structure(trace)}, lars_jax {jax.tree.structure(ours_trace.trace)}."
-      f"{note if ma != mb else ''} Build both from the same params (and "
-      "the same partition, if inside optax.multi_transform)."
+      f"{name}: the momentum buffers differ in structure: optax {jax.tree.structure(trace)}, "
+      f"lars_jax {jax.tree.structure(ours)}.{note} Build both from the same params (and the "
+      "same partition, if inside optax.multi_transform)."
     )
-  trace = jax.tree.map(lambda t, o: jnp.asarray(t, o.dtype), trace, ours_trace.trace)
-  return (ours_ratio, ours_lr, ours_trace._replace(trace=trace))
-
-
-def _count_of(state: Any) -> Any:
-  while isinstance(state, optax.MaskedState):
-    state = state.inner_state
-  return state.count if "count" in getattr(state, "_fields", ()) else None
-
-
-def _is_injected(state: Any) -> bool:
-  return hasattr(state, "hyperparams") and hasattr(state, "inner_state")
+  trace = jax.tree.map(lambda t, o: jnp.asarray(t, o.dtype), trace, ours)
+  return (ratio, ours_lr, ours_trace._replace(trace=trace))
 
 
 def _is_optax(state: Any) -> bool:
@@ -202,18 +180,14 @@ def _is_optax(state: Any) -> bool:
 
 
 def _is_ours(state: Any) -> bool:
-  return (
-    isinstance(state, tuple)
-    and len(state) == 3
-    and isinstance(state[2], transforms.TraceState)
-    and isinstance(state[0], (optax.EmptyState, optax.ScaleByScheduleState, _stats.TrustRatioState))
-  )
+  firsts = (optax.EmptyState, optax.ScaleByScheduleState, _stats.TrustRatioState)
+  is_chain = isinstance(state, tuple) and len(state) == 3
+  return is_chain and isinstance(state[0], firsts) and isinstance(state[2], transforms.TraceState)
 
 
 def _describe(state: Any) -> str:
   if isinstance(state, tuple) and not hasattr(state, "_fields"):
-    parts = ", ".join(type(s).__name__ for s in state)
-    return f"a {len(state)}-tuple ({parts})"
+    return f"a {len(state)}-tuple ({', '.join(type(s).__name__ for s in state)})"
   return type(state).__name__
 
 

@@ -1,7 +1,6 @@
 """MLPerf-style learning-rate schedules, built from optax schedules: functions of the step
 count ``c = 0, 1, ...`` (the first update reads ``schedule(0)``), with an optional linear
-warm-up from 0 joined by `optax.join_schedules`. Their YAML configs are in `lars_jax.config`.
-"""
+warm-up from 0 joined by `optax.join_schedules`. Their YAML configs are in `lars_jax.config`."""
 
 from __future__ import annotations
 
@@ -9,6 +8,8 @@ import math
 from collections.abc import Sequence
 
 import optax
+
+from lars_jax import _checks
 
 __all__ = ["warmup_polynomial_decay", "warmup_piecewise_constant"]
 
@@ -26,8 +27,7 @@ def _check_steps(
 def _check_value(name: str, value: float) -> None:
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise TypeError(f"`{name}` must be a number, got {value!r}.")
-  if not math.isfinite(value) or value < 0:
-    raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+  _checks.check_scalar(name, value)  # finite and >= 0
 
 
 def _warmup_then(
@@ -67,9 +67,6 @@ def warmup_polynomial_decay(
     total_steps: :math:`T > W` (may be fractional).
     end_value: :math:`\gamma_e \ge 0` (MLPerf ResNet-50: 1e-4).
     power: :math:`p > 0` (MLPerf: 2).
-
-  Returns:
-    An optax schedule.
 
   Examples:
     >>> from lars_jax.schedules import warmup_polynomial_decay
@@ -111,9 +108,6 @@ def warmup_piecewise_constant(
     factors: one factor :math:`\ge 0` per boundary.
     warmup_steps: :math:`W \ge 0`.
 
-  Returns:
-    An optax schedule.
-
   Examples:
     >>> from lars_jax.schedules import warmup_piecewise_constant
     >>> lr = warmup_piecewise_constant(1.0, [3, 5], [0.1, 0.01], warmup_steps=2)
@@ -128,7 +122,7 @@ def warmup_piecewise_constant(
       f"`boundaries` ({len(boundaries)}) and `factors` ({len(factors)}) must have the "
       "same length: one factor per boundary."
     )
-  for i, b in enumerate(boundaries):
+  for i, (b, f) in enumerate(zip(boundaries, factors)):
     _check_steps(f"boundaries[{i}]", b, positive=True)
     if b <= warmup_steps:
       raise ValueError(
@@ -136,7 +130,6 @@ def warmup_piecewise_constant(
       )
     if i and b <= boundaries[i - 1]:
       raise ValueError(f"`boundaries` must be strictly increasing, got {boundaries}.")
-  for i, f in enumerate(factors):
     _check_value(f"factors[{i}]", f)
   pieces = [optax.constant_schedule(base_value * f) for f in (1.0, *factors)]
   return _warmup_then(base_value, warmup_steps, pieces, boundaries)

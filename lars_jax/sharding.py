@@ -1,8 +1,5 @@
-"""Optimizer-state shardings from parameter shardings, for pjit, shard_map and orbax.
-
-A state leaf that mirrors a parameter lives where it lives; the rest (counts,
-``keep_stats`` scalars) is replicated, one sharding per leaf (README: Training on pods).
-"""
+"""Optimizer-state shardings from parameter shardings, for jit, shard_map and orbax
+(README: Training on pods)."""
 
 from __future__ import annotations
 
@@ -21,8 +18,8 @@ __all__ = ["abstract_state", "state_shardings"]
 def state_shardings(
   tx: GradientTransformation, params: Params, param_shardings: Any = None, *, replicated: Any = None
 ) -> Any:
-  """The shardings of ``tx.init(params)``, leaf for leaf: the params' where they mirror a
-  parameter, `replicated` elsewhere.
+  """The shardings of ``tx.init(params)``, leaf for leaf: a state leaf that mirrors a
+  parameter lives where it lives; the rest (counts, ``keep_stats`` scalars) is `replicated`.
 
   Nothing is allocated (``jax.eval_shape``). Works for any optimizer whose
   parameter-shaped state `optax.tree_map_params` finds (lars_jax's, SGD, Adam, ...).
@@ -36,9 +33,6 @@ def state_shardings(
       arrays, or `ShapeDtypeStruct`s built with ``sharding=``).
     replicated: what non-parameter leaves get. None: ``NamedSharding(mesh, P())`` on
       the parameters' mesh, or ``P()`` when `param_shardings` holds PartitionSpecs.
-
-  Returns:
-    A tree with the structure of ``tx.init(params)``, one sharding per array leaf.
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax, lars_jax.sharding
@@ -63,9 +57,6 @@ def abstract_state(
   The target for a sharded orbax restore (each array read straight into its shards) and
   for ``jax.jit(tx.init, out_shardings=...)``. Arguments as in `state_shardings`
   (NamedShardings, not PartitionSpecs).
-
-  Returns:
-    A tree with the structure of ``tx.init(params)``.
   """
   abstract = jax.eval_shape(tx.init, params)  # traced once, for both
   shardings = _shardings(tx, params, abstract, param_shardings, replicated)
