@@ -43,29 +43,18 @@ __all__ = [
 ]
 
 
-def _key_str(key: Any) -> str:
-  """A dict key, attribute name or index (DictKey, GetAttrKey, SequenceKey, FlattenedIndexKey,
-  and custom nodes such as Flax NNX's that have one of these attributes)."""
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def path_str(path: Sequence[Any]) -> str:
-  """Joins a JAX key path into our ``a/b/0/kernel`` convention."""
-  return "/".join(_key_str(k) for k in path)
-
-
-def _is_path_leaf(x: Any) -> bool:
-  return isinstance(x, (optax.MaskedNode, *_compat.nnx_variable_types()))
+  """Joins a JAX key path into our ``a/b/0/kernel`` convention: each entry's dict key,
+  attribute name or index (jax's entries, or any with one of those attributes)."""
+  names = (next((getattr(k, a) for a in ("key", "name", "idx") if hasattr(k, a)), k) for k in path)
+  return "/".join(map(str, names))
 
 
 def _paths(tree: Any) -> list[tuple[str, bool]]:
   """(path, is an ``optax.MaskedNode`` placeholder) in order: one per leaf of
   ``jax.tree.leaves`` (an NNX Variable's ``value`` key dropped) and one per placeholder."""
-  out = []
-  for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_path_leaf)[0]:
+  out, stop = [], (optax.MaskedNode, *_compat.nnx_variable_types())
+  for path, node in jax.tree_util.tree_flatten_with_path(tree, lambda x: isinstance(x, stop))[0]:
     masked = isinstance(node, optax.MaskedNode)
     out += [(path_str(path), masked)] * (1 if masked else len(jax.tree.leaves(node)))
   return out
@@ -259,8 +248,7 @@ def resolve(
     raise ValueError(
       f"{where}`{arg}` does not match the parameter tree: a mask must have the params' "
       f"structure, or be a prefix of it, with a Python bool at each leaf. "
-      f"Mask structure: {jax.tree.structure(mask)}; params structure: {treedef}. "
-      f"({e})"
+      f"Mask structure: {jax.tree.structure(mask)}; params structure: {treedef}. ({e})"
     ) from None
   bits = jax.tree.leaves(expanded)
   for b in bits:
