@@ -139,7 +139,7 @@ class ParamsDict(StrictModel):
     fields = type(self).model_fields.items()
     free = {f"{k}." for k, f in fields if typing.get_origin(f.annotation) is dict}
 
-    def merge(base: dict, new: Mapping, prefix: str) -> dict:
+    def merge(base: dict, new: dict, prefix: str) -> dict:
       out = dict(base)
       for k, v in new.items():
         if k not in base and is_strict and prefix not in free:
@@ -151,9 +151,7 @@ class ParamsDict(StrictModel):
           )
         old = base.get(k)  # dicts merge, unless a new `kind` replaces a schedule whole
         if (
-          isinstance(old, dict)
-          and isinstance(v, Mapping)
-          and v.get("kind") in (None, old.get("kind"))
+          isinstance(old, dict) and isinstance(v, dict) and v.get("kind") in (None, old.get("kind"))
         ):
           v = merge(old, v, f"{prefix}{k}.")
         out[k] = v
@@ -163,7 +161,7 @@ class ParamsDict(StrictModel):
       overrides = overrides.as_dict()
     if not isinstance(overrides, Mapping):
       raise TypeError(f"override needs a mapping, got {type(overrides).__name__}.")
-    return type(self).from_dict(_plain(merge(self.as_dict(), overrides, "")), is_strict=False)
+    return type(self).from_dict(merge(self.as_dict(), _plain(overrides), ""), is_strict=False)
 
   def lock(self):
     """Makes this config immutable (assignment raises ``ValueError``); returns it."""
