@@ -56,9 +56,6 @@ _NonNeg = Annotated[float, pydantic.Field(ge=0.0, strict=True, allow_inf_nan=Fal
 _Positive = Annotated[float, pydantic.Field(gt=0.0, strict=True, allow_inf_nan=False)]
 _Steps = Annotated[int, pydantic.Field(ge=0, strict=True)]
 _PositiveSteps = Annotated[int, pydantic.Field(gt=0, strict=True)]
-# MLPerf's arithmetic gives fractional step counts (706.5 warm-up steps at batch 32768).
-_FracSteps = Annotated[float, pydantic.Field(ge=0.0, strict=True, allow_inf_nan=False)]
-_PositiveFracSteps = Annotated[float, pydantic.Field(gt=0.0, strict=True, allow_inf_nan=False)]
 
 
 def _checked(build: Callable[[], Any], prefix: str = "") -> None:
@@ -134,8 +131,6 @@ class LARSConfig(ParamsDict):
     """`lars_jax.tf_lars` with this config's values, `learning_rate`, `axis_name` and
     `keep_stats`."""
     kw = {k: getattr(self, k) for k in type(self).model_fields if k != "name"}
-    for k in ("exclude_from_weight_decay", "exclude_from_layer_adaptation"):
-      kw[k] = None if kw[k] is None else list(kw[k])
     return lars_jax.tf_lars(learning_rate, **kw, axis_name=axis_name, keep_stats=keep_stats)
 
 
@@ -181,8 +176,9 @@ class WarmupPolynomialSchedule(_ScheduleConfig):
   """The MLPerf schedule, `lars_jax.schedules.warmup_polynomial_decay`."""
 
   kind: Literal["warmup_polynomial"] = "warmup_polynomial"
-  warmup_steps: _FracSteps = 0
-  total_steps: _PositiveFracSteps
+  # MLPerf's arithmetic gives fractional step counts (706.5 warm-up steps at batch 32768).
+  warmup_steps: _NonNeg = 0
+  total_steps: _Positive
   end_value: _NonNeg = 1e-4
   power: _Positive = 2.0
 
@@ -250,10 +246,8 @@ class ParamGroupRule(StrictModel):
     exact = "[./]".join(map(re.escape, re.split(r"[./]", self.name)))  # '.' and '/' alike
     return masks_lib.only_names(exact, match="fullmatch")
 
-  def __str__(self) -> str:
-    sel = f"name={self.name!r}" if self.name is not None else f"pattern={self.pattern!r}"
-    act = f"scale={self.scale!r}" if self.scale is not None else f"value={self.value!r}"
-    return f"{sel}, {act}"
+  def __str__(self) -> str:  # the selection and the action: one of each pair is set
+    return ", ".join(f"{k}={v!r}" for k, v in self if v is not None)
 
 
 _LARS_KINDS = ("lars", "tf_lars", "torch_lars")
