@@ -74,9 +74,8 @@ _Patterns = Annotated[
 class LARSConfig(ParamsDict):
   r"""TensorFlow Model Garden's ``LARSConfig``; `build` gives `lars_jax.tf_lars`.
 
-  Same fields and defaults as Model Garden's ``optimizer_config.py``; the learning rate
-  (or a schedule) goes to `build`. Checked on creation and assignment: ``momentum`` in
-  [0, 1), ``eeta > 0``, rates ``>= 0``, clip values ``> 0``, and what `tf_lars` checks.
+  Model Garden's fields and defaults, checked on creation and assignment (their bounds, and
+  what `tf_lars` checks); the learning rate (or a schedule) goes to `build`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, lars_jax
@@ -433,10 +432,8 @@ class OptimizerConfig(ParamsDict):
     return out
 
   def param_groups(self, params: optax.Params) -> dict[str, dict[str, Any]]:
-    """What each parameter gets: ``{path: {lr_scale, weight_decay, adapt}}``.
-
-    ``adapt`` (layer adaptation) is None for non-LARS kinds. Raises like ``init``.
-    """
+    """What each parameter gets: ``{path: {lr_scale, weight_decay, adapt}}``; ``adapt``
+    (layer adaptation) is None for non-LARS kinds. Raises like ``init``."""
     keys = ("lr_scale", "weight_decay", "adapt")
     return {p: dict(zip(keys, g)) for p, *g in sorted(self._resolve(params))}
 
@@ -464,8 +461,7 @@ class OptimizerConfig(ParamsDict):
     def update_fn(updates, state, params=None, **extra_args):
       return partition(updates).update(updates, state, params, **extra_args)
 
-    clip = [optax.clip(self.clip_grad_value)] if self.clip_grad_value is not None else []
-    if self.clip_grad_norm is not None:
-      clip.append(optax.clip_by_global_norm(self.clip_grad_norm))
+    clip = [optax.clip(self.clip_grad_value)] if self.clip_grad_value else []
+    clip += [optax.clip_by_global_norm(self.clip_grad_norm)] if self.clip_grad_norm else []
     init_fn = lambda params: partition(params).init(params)
     return optax.chain(*clip, optax.GradientTransformationExtraArgs(init_fn, update_fn))

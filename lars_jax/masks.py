@@ -257,8 +257,4 @@ def resolve(
         f"{where}`{arg}` must hold Python bools (static under jit), got {type(b).__name__} "
         f"{b!r}. Build masks from names, shapes and dtypes, not from values."
       )
-  if len(bits) != len(leaves):
-    raise ValueError(
-      f"{where}`{arg}` resolves to {len(bits)} leaves but the params have {len(leaves)}."
-    )
-  return [bool(b) for b in bits]
+  return [bool(b) for b in bits]  # one per leaf: each mask leaf filled its subtree
