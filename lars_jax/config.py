@@ -127,8 +127,7 @@ class LARSConfig(ParamsDict):
     axis_name: AxisNames = None,
     keep_stats: bool = False,
   ) -> optax.GradientTransformationExtraArgs:
-    """`lars_jax.tf_lars` with this config's values, `learning_rate`, `axis_name` and
-    `keep_stats`."""
+    """`lars_jax.tf_lars` with this config's values and these arguments."""
     kw = {k: getattr(self, k) for k in type(self).model_fields if k != "name"}
     return lars_jax.tf_lars(learning_rate, **kw, axis_name=axis_name, keep_stats=keep_stats)
 
