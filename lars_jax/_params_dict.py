@@ -4,9 +4,11 @@ dict round trips, ``override``, ``lock``, ``validate``), as ``params_dict.py``."
 
 from __future__ import annotations
 
+import ast
 import difflib
 import operator
 import os
+import pathlib
 import re
 import types
 import typing
@@ -56,22 +58,12 @@ _YamlLoader.add_implicit_resolver(
   list("-+0123456789."),
 )
 
-# `validate`'s restrictions: 'left OP right', each side a dotted key or a constant.
-_OPS = types.MappingProxyType(  # read-only: no module-level mutable state
-  {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<=": operator.le,
-    ">=": operator.ge,
-    "<": operator.lt,
-    ">": operator.gt,
-  }
+# `validate`'s restrictions: 'left OP right', each side a dotted key or a constant; OP's
+# function in `operator` (read-only: no module-level mutable state).
+_OPS = types.MappingProxyType(
+  {"==": "eq", "!=": "ne", "<=": "le", ">=": "ge", "<": "lt", ">": "gt"}
 )
 _OP_RE = re.compile(f"({'|'.join(_OPS)})")  # two-character operators first
-_NUMBER_RE = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
-_WORDS = types.MappingProxyType(
-  {"None": None, "null": None, "True": True, "true": True, "False": False, "false": False}
-)
 
 
 class StrictModel(pydantic.BaseModel):
@@ -117,20 +109,18 @@ class ParamsDict(StrictModel):
   @classmethod
   def from_yaml(cls, source: str | os.PathLike[str], *, is_strict: bool = True):
     """Reads a config from a YAML file path or from YAML text (see `from_dict`)."""
-    is_str = isinstance(source, str)
-    if not is_str and not isinstance(source, os.PathLike):
+    if not isinstance(source, (str, os.PathLike)):
       raise TypeError(f"from_yaml: pass a file path or YAML text, got {type(source).__name__}.")
     where = "YAML text"
-    if not is_str or ("\n" not in source and os.path.isfile(source)):
+    if not isinstance(source, str) or ("\n" not in source and os.path.isfile(source)):
       where = f"file {os.fspath(source)!r}"
-      with open(source, encoding="utf-8") as f:
-        source = f.read()
+      source = pathlib.Path(source).read_text(encoding="utf-8")
     try:
       data = yaml.load(source, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
       raise ValueError(f"from_yaml: {where} is not valid YAML: {e}") from e
     if data is not None and not isinstance(data, dict):
-      if is_str and where == "YAML text" and source.strip().endswith((".yaml", ".yml")):
+      if where == "YAML text" and source.strip().endswith((".yaml", ".yml")):
         raise FileNotFoundError(f"from_yaml: no such file: {source!r}.")
       raise ValueError(f"from_yaml: {where} must hold a mapping of config keys, got {data!r}.")
     return cls.from_dict(data or {}, is_strict=is_strict)
@@ -139,8 +129,7 @@ class ParamsDict(StrictModel):
     """Returns the config as YAML text (and writes it to `path` if given)."""
     text = yaml.safe_dump(self.as_dict(), sort_keys=False, default_flow_style=False)
     if path is not None:
-      with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+      pathlib.Path(path).write_text(text, encoding="utf-8")
     return text
 
   def override(self, overrides: Mapping[str, Any], is_strict: bool = True):
@@ -150,7 +139,7 @@ class ParamsDict(StrictModel):
     fields = type(self).model_fields.items()
     free = {f"{k}." for k, f in fields if typing.get_origin(f.annotation) is dict}
 
-    def merge(base: dict, new: Mapping, prefix: str) -> dict:
+    def merge(base: dict, new: dict, prefix: str) -> dict:
       out = dict(base)
       for k, v in new.items():
         if k not in base and is_strict and prefix not in free:
@@ -162,9 +151,7 @@ class ParamsDict(StrictModel):
           )
         old = base.get(k)  # dicts merge, unless a new `kind` replaces a schedule whole
         if (
-          isinstance(old, dict)
-          and isinstance(v, Mapping)
-          and v.get("kind") in (None, old.get("kind"))
+          isinstance(old, dict) and isinstance(v, dict) and v.get("kind") in (None, old.get("kind"))
         ):
           v = merge(old, v, f"{prefix}{k}.")
         out[k] = v
@@ -174,7 +161,7 @@ class ParamsDict(StrictModel):
       overrides = overrides.as_dict()
     if not isinstance(overrides, Mapping):
       raise TypeError(f"override needs a mapping, got {type(overrides).__name__}.")
-    return type(self).from_dict(_plain(merge(self.as_dict(), overrides, "")), is_strict=False)
+    return type(self).from_dict(merge(self.as_dict(), _plain(overrides), ""), is_strict=False)
 
   def lock(self):
     """Makes this config immutable (assignment raises ``ValueError``); returns it."""
@@ -202,7 +189,7 @@ class ParamsDict(StrictModel):
       (left, op, right), keys = sides, {}
       lv, rv = (self._operand(t, r, keys) for t in (left, right))
       try:
-        ok = bool(_OPS[op](lv, rv))
+        ok = bool(getattr(operator, _OPS[op])(lv, rv))
       except TypeError as e:
         raise ValueError(
           f"validate: cannot compare {left} = {lv!r} with {right} = {rv!r} in {r!r}: {e}."
@@ -213,13 +200,12 @@ class ParamsDict(StrictModel):
     return self
 
   def _operand(self, token: str, restriction: str, keys: dict[str, Any]) -> Any:
-    """One side of a restriction: a constant, or the value of a dotted key (kept in `keys`)."""
-    if _NUMBER_RE.match(token):
-      return float(token.replace("_", ""))
-    if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
-      return token[1:-1]
-    if token in _WORDS:
-      return _WORDS[token]
+    """One side of a restriction: a Python constant (or YAML's null, true, false), else the
+    value of a dotted key (kept in `keys`)."""
+    try:
+      return ast.literal_eval({"null": "None", "true": "True", "false": "False"}.get(token, token))
+    except (ValueError, TypeError, SyntaxError):  # not a constant: a key
+      pass
     value, parts = self.as_dict(), token.split(".")
     for i, part in enumerate(parts):
       if not isinstance(value, dict) or part not in value:

@@ -56,9 +56,6 @@ _NonNeg = Annotated[float, pydantic.Field(ge=0.0, strict=True, allow_inf_nan=Fal
 _Positive = Annotated[float, pydantic.Field(gt=0.0, strict=True, allow_inf_nan=False)]
 _Steps = Annotated[int, pydantic.Field(ge=0, strict=True)]
 _PositiveSteps = Annotated[int, pydantic.Field(gt=0, strict=True)]
-# MLPerf's arithmetic gives fractional step counts (706.5 warm-up steps at batch 32768).
-_FracSteps = Annotated[float, pydantic.Field(ge=0.0, strict=True, allow_inf_nan=False)]
-_PositiveFracSteps = Annotated[float, pydantic.Field(gt=0.0, strict=True, allow_inf_nan=False)]
 
 
 def _checked(build: Callable[[], Any], prefix: str = "") -> None:
@@ -77,9 +74,8 @@ _Patterns = Annotated[
 class LARSConfig(ParamsDict):
   r"""TensorFlow Model Garden's ``LARSConfig``; `build` gives `lars_jax.tf_lars`.
 
-  Same fields and defaults as Model Garden's ``optimizer_config.py``; the learning rate
-  (or a schedule) goes to `build`. Checked on creation and assignment: ``momentum`` in
-  [0, 1), ``eeta > 0``, rates ``>= 0``, clip values ``> 0``, and what `tf_lars` checks.
+  Model Garden's fields and defaults, checked on creation and assignment (their bounds, and
+  what `tf_lars` checks); the learning rate (or a schedule) goes to `build`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, lars_jax
@@ -131,11 +127,8 @@ class LARSConfig(ParamsDict):
     axis_name: AxisNames = None,
     keep_stats: bool = False,
   ) -> optax.GradientTransformationExtraArgs:
-    """`lars_jax.tf_lars` with this config's values, `learning_rate`, `axis_name` and
-    `keep_stats`."""
+    """`lars_jax.tf_lars` with this config's values and these arguments."""
     kw = {k: getattr(self, k) for k in type(self).model_fields if k != "name"}
-    for k in ("exclude_from_weight_decay", "exclude_from_layer_adaptation"):
-      kw[k] = None if kw[k] is None else list(kw[k])
     return lars_jax.tf_lars(learning_rate, **kw, axis_name=axis_name, keep_stats=keep_stats)
 
 
@@ -181,8 +174,9 @@ class WarmupPolynomialSchedule(_ScheduleConfig):
   """The MLPerf schedule, `lars_jax.schedules.warmup_polynomial_decay`."""
 
   kind: Literal["warmup_polynomial"] = "warmup_polynomial"
-  warmup_steps: _FracSteps = 0
-  total_steps: _PositiveFracSteps
+  # MLPerf's arithmetic gives fractional step counts (706.5 warm-up steps at batch 32768).
+  warmup_steps: _NonNeg = 0
+  total_steps: _Positive
   end_value: _NonNeg = 1e-4
   power: _Positive = 2.0
 
@@ -250,10 +244,8 @@ class ParamGroupRule(StrictModel):
     exact = "[./]".join(map(re.escape, re.split(r"[./]", self.name)))  # '.' and '/' alike
     return masks_lib.only_names(exact, match="fullmatch")
 
-  def __str__(self) -> str:
-    sel = f"name={self.name!r}" if self.name is not None else f"pattern={self.pattern!r}"
-    act = f"scale={self.scale!r}" if self.scale is not None else f"value={self.value!r}"
-    return f"{sel}, {act}"
+  def __str__(self) -> str:  # the selection and the action: one of each pair is set
+    return ", ".join(f"{k}={v!r}" for k, v in self if v is not None)
 
 
 _LARS_KINDS = ("lars", "tf_lars", "torch_lars")
@@ -439,10 +431,8 @@ class OptimizerConfig(ParamsDict):
     return out
 
   def param_groups(self, params: optax.Params) -> dict[str, dict[str, Any]]:
-    """What each parameter gets: ``{path: {lr_scale, weight_decay, adapt}}``.
-
-    ``adapt`` (layer adaptation) is None for non-LARS kinds. Raises like ``init``.
-    """
+    """What each parameter gets: ``{path: {lr_scale, weight_decay, adapt}}``; ``adapt``
+    (layer adaptation) is None for non-LARS kinds. Raises like ``init``."""
     keys = ("lr_scale", "weight_decay", "adapt")
     return {p: dict(zip(keys, g)) for p, *g in sorted(self._resolve(params))}
 
@@ -470,8 +460,7 @@ class OptimizerConfig(ParamsDict):
     def update_fn(updates, state, params=None, **extra_args):
       return partition(updates).update(updates, state, params, **extra_args)
 
-    clip = [optax.clip(self.clip_grad_value)] if self.clip_grad_value is not None else []
-    if self.clip_grad_norm is not None:
-      clip.append(optax.clip_by_global_norm(self.clip_grad_norm))
+    clip = [optax.clip(self.clip_grad_value)] if self.clip_grad_value else []
+    clip += [optax.clip_by_global_norm(self.clip_grad_norm)] if self.clip_grad_norm else []
     init_fn = lambda params: partition(params).init(params)
     return optax.chain(*clip, optax.GradientTransformationExtraArgs(init_fn, update_fn))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import jax
 import numpy as np
@@ -43,45 +43,32 @@ __all__ = [
 ]
 
 
-def _key_str(key: Any) -> str:
-  """A dict key, attribute name or index (DictKey, GetAttrKey, SequenceKey, FlattenedIndexKey,
-  and custom nodes such as Flax NNX's that have one of these attributes)."""
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def path_str(path: Sequence[Any]) -> str:
-  """Joins a JAX key path into our ``a/b/0/kernel`` convention."""
-  return "/".join(_key_str(k) for k in path)
+  """Joins a JAX key path into our ``a/b/0/kernel`` convention: each entry's dict key,
+  attribute name or index (jax's entries, or any with one of those attributes)."""
+  names = (next((getattr(k, a) for a in ("key", "name", "idx") if hasattr(k, a)), k) for k in path)
+  return "/".join(map(str, names))
 
 
-def _is_path_leaf(x: Any) -> bool:
-  return isinstance(x, (optax.MaskedNode, *_compat.nnx_variable_types()))
+def _paths(tree: Any) -> list[tuple[str, bool]]:
+  """(path, is an ``optax.MaskedNode`` placeholder) in order: one per leaf of
+  ``jax.tree.leaves`` (an NNX Variable's ``value`` key dropped) and one per placeholder."""
+  out, stop = [], (optax.MaskedNode, *_compat.nnx_variable_types())
+  for path, node in jax.tree_util.tree_flatten_with_path(tree, lambda x: isinstance(x, stop))[0]:
+    masked = isinstance(node, optax.MaskedNode)
+    out += [(path_str(path), masked)] * (1 if masked else len(jax.tree.leaves(node)))
+  return out
 
 
-def _paths(tree: Any) -> tuple[list[str], list[str], list[str]]:
-  """Paths of `tree`'s leaves (one per leaf of ``jax.tree.leaves``, an NNX Variable's
-  ``value`` key dropped), of its ``optax.MaskedNode`` placeholders, and of both in order."""
-  leaves: list[str] = []
-  masked: list[str] = []
-  every: list[str] = []
-  for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_path_leaf)[0]:
-    is_masked = isinstance(node, optax.MaskedNode)
-    p = [path_str(path)] * (1 if is_masked else len(jax.tree.leaves(node)))
-    (masked if is_masked else leaves).extend(p)
-    every.extend(p)
-  return leaves, masked, every
+def _first_six(items: list[str]) -> str:
+  more = f" (and {len(items) - 6} more)" if len(items) > 6 else ""
+  return ", ".join(items[:6]) + more
 
 
 def _check_params(params: Any, name: str) -> None:
   """Raises for what `optax.inject_hyperparams` passes a schedule: a scalar integer."""
-  dtype = getattr(params, "dtype", None)
-  is_int = isinstance(params, (int, np.integer)) or (
-    getattr(params, "shape", None) == () and dtype is not None and np.issubdtype(dtype, np.integer)
-  )
-  if is_int and not isinstance(params, (bool, np.bool_)):
+  dtype = getattr(params, "dtype", type(params))  # a Python int's type is its dtype
+  if getattr(params, "shape", ()) == () and np.issubdtype(dtype, np.integer):
     raise TypeError(
       f"{name}: this mask was called with a step counter ({params!r}), not a params tree: "
       "probably by optax.inject_hyperparams, which calls every callable argument that is "
@@ -99,13 +86,11 @@ def tree_paths(tree: Any) -> Any:
     >>> tree_paths({'a': {'kernel': 1.0}, 'b': [2.0, 3.0]})
     {'a': {'kernel': 'a/kernel'}, 'b': ['b/0', 'b/1']}
   """
-  return jax.tree.unflatten(jax.tree.structure(tree), _paths(tree)[0])
+  return jax.tree.unflatten(jax.tree.structure(tree), [p for p, m in _paths(tree) if not m])
 
 
-def compile_patterns(patterns: str | Sequence[str], arg: str) -> list[re.Pattern[str]]:
-  """Compiles one pattern or several; an error names `arg` (the argument they came from)."""
-  if isinstance(patterns, str):
-    patterns = [patterns]
+def compile_patterns(patterns: Sequence[str], arg: str) -> list[re.Pattern[str]]:
+  """Compiles the patterns; an error names `arg` (the argument they came from)."""
   compiled = []
   for p in patterns:
     if not isinstance(p, str):
@@ -117,39 +102,29 @@ def compile_patterns(patterns: str | Sequence[str], arg: str) -> list[re.Pattern
   return compiled
 
 
-def _matcher(match: MatchMode) -> Callable[[re.Pattern[str], str], bool]:
-  """How a pattern is tested against a '/'-joined path."""
-  if match == "component":  # the whole of one component, or of a run of them
-
-    def test(r: re.Pattern[str], path: str) -> bool:
-      c = path.split("/")
-      runs = ("/".join(c[i:j]) for i in range(len(c)) for j in range(i + 1, len(c) + 1))
-      return any(r.fullmatch(run) for run in runs)
-
-    return test
-  if match in ("search", "fullmatch"):
-    return lambda r, path: bool(getattr(r, match)(path))
-  raise ValueError(f"`match` must be 'search', 'fullmatch' or 'component', got {match!r}.")
-
-
 def _name_mask(
   patterns: Sequence[str], match: MatchMode, keep_matches: bool, what: str
 ) -> Callable[[Any], Any]:
-  test = _matcher(match)
+  if match not in get_args(MatchMode):
+    raise ValueError(f"`match` must be 'search', 'fullmatch' or 'component', got {match!r}.")
   compiled = compile_patterns(patterns, what)
-
   name = f"{what}({', '.join(repr(r.pattern) for r in compiled)})"
+
+  def test(r: re.Pattern[str], path: str) -> bool:
+    if match != "component":
+      return bool(getattr(r, match)(path))
+    c = path.split("/")  # the whole of one component, or of a run of them
+    runs = ("/".join(c[i:j]) for i in range(len(c)) for j in range(i + 1, len(c) + 1))
+    return any(map(r.fullmatch, runs))
 
   def mask_fn(params: Any) -> Any:
     _check_params(params, name)
-    treedef = jax.tree.structure(params)
-    names, masked, every = _paths(params)
-    hits = [[test(r, n) for r in compiled] for n in names]
+    paths = _paths(params)
+    hits = [[test(r, p) for r in compiled] for p, _ in paths]
     # A pattern that matches only other partitions' leaves (MaskedNode) is not a typo.
     for j, r in enumerate(compiled):
-      if every and not any(h[j] for h in hits) and not any(test(r, n) for n in masked):
-        examples = ", ".join(repr(n) for n in every[:6])
-        more = f" (and {len(every) - 6} more)" if len(every) > 6 else ""
+      if paths and not any(h[j] for h in hits):
+        masked = any(m for _, m in paths)
         note = (
           " Paths of other partitions (optax.MaskedNode) count as matches, but an optax.masked "
           "mask that is a prefix of the params (`{'backbone': False, ...}`) replaces a whole "
@@ -159,10 +134,10 @@ def _name_mask(
         raise ValueError(
           f"{what}: pattern {r.pattern!r} matches no parameter "
           f"(match={match!r} over '/'-joined paths). Parameter paths look like: "
-          f"{examples}{more}.{note if masked else ''}"
+          f"{_first_six([repr(p) for p, _ in paths])}.{note if masked else ''}"
         )
-    values = [any(h) == keep_matches for h in hits]
-    return jax.tree_util.tree_unflatten(treedef, values)
+    values = [any(h) == keep_matches for h, (_, m) in zip(hits, paths) if not m]
+    return jax.tree.unflatten(jax.tree.structure(params), values)
 
   mask_fn.__name__ = name
   mask_fn.by_name = True  # checked per pattern above, not by `resolve(nonempty=True)`
@@ -170,7 +145,8 @@ def _name_mask(
 
 
 def exclude_names(*patterns: str, match: MatchMode = "search") -> Callable[[Any], Any]:
-  """Mask that is False for parameters whose path matches any pattern.
+  """Mask that is False for parameters whose path matches any pattern; a pattern that
+  matches no parameter raises ``ValueError`` naming it and a few real paths.
 
   Args:
     *patterns: regular expressions over '/'-joined paths.
@@ -179,23 +155,17 @@ def exclude_names(*patterns: str, match: MatchMode = "search") -> Callable[[Any]
       ``'b'`` then also finds ``block_1``), ``'fullmatch'`` the whole path
       (big_vision), ``'component'`` the whole of one ``/``-separated component or
       of a run of them (``'b'`` finds only a component ``b``: a haiku bias).
-
-  Returns:
-    A callable ``params -> bool pytree``. It raises ``ValueError`` naming the pattern
-    and a few real paths when a pattern matches no parameter.
   """
   return _name_mask(patterns, match, keep_matches=False, what="exclude_names")
 
 
 def only_names(*patterns: str, match: MatchMode = "search") -> Callable[[Any], Any]:
-  """Mask that is True only for parameters whose path matches some pattern.
+  """Mask that is True only for parameters whose path matches some pattern (an unmatched
+  pattern raises ``ValueError``, as in `exclude_names`).
 
   Args:
     *patterns: regular expressions over '/'-joined paths.
     match: ``'search'``, ``'fullmatch'`` or ``'component'``, as in `exclude_names`.
-
-  Returns:
-    A callable ``params -> bool pytree``; unmatched patterns raise ``ValueError``.
   """
   return _name_mask(patterns, match, keep_matches=True, what="only_names")
 
@@ -214,18 +184,14 @@ def min_ndim(n: int = 2) -> Callable[[Any], Any]:
   return mask_fn
 
 
-def _combine(masks: Sequence[Mask], op: Callable[[bool, bool], bool], name: str):
+def _combine(masks: Sequence[Mask], op: Callable[[Sequence[bool]], bool], name: str):
   if not masks:
     raise ValueError(f"{name} needs at least one mask.")
 
   def mask_fn(params: Any) -> Any:
     _check_params(params, name)
-    leaves, treedef = jax.tree.flatten(params)
-    out = None
-    for m in masks:
-      bits = resolve(m, params, arg=name)
-      out = bits if out is None else [op(a, b) for a, b in zip(out, bits)]
-    return jax.tree_util.tree_unflatten(treedef, out if leaves else [])
+    bits = [resolve(m, params, arg=name) for m in masks]
+    return jax.tree.unflatten(jax.tree.structure(params), [op(b) for b in zip(*bits)])
 
   mask_fn.__name__ = name
   return mask_fn
@@ -234,10 +200,10 @@ def _combine(masks: Sequence[Mask], op: Callable[[bool, bool], bool], name: str)
 def _check_selects(where: str, arg: str, mask: Any, tree: Any, bits: Sequence[bool]) -> None:
   """Raises if a callable mask selects no leaf of a whole params tree (a bug, as a name
   pattern that matches nothing); in an optax partition (MaskedNode present) it is legal."""
-  names, masked, _ = _paths(tree)
-  if names and not masked and not any(bits):
+  paths = _paths(tree)
+  if paths and not any(m for _, m in paths) and not any(bits):
     rule = getattr(mask, "__name__", type(mask).__name__)
-    shapes = ", ".join(f"{p!r} {np.shape(x)}" for p, x in zip(names[:6], jax.tree.leaves(tree)))
+    shapes = _first_six([f"{p!r} {np.shape(x)}" for (p, _), x in zip(paths, jax.tree.leaves(tree))])
     raise ValueError(
       f"{where}`{arg}` ({rule}) selects no parameter of this tree ({shapes}): every leaf "
       "would be left out. Check the rule, or pass False if you mean no leaf."
@@ -246,12 +212,12 @@ def _check_selects(where: str, arg: str, mask: Any, tree: Any, bits: Sequence[bo
 
 def all_of(*masks: Mask) -> Callable[[Any], Any]:
   """Mask that is True where every given mask is True (e.g. name rule AND rank rule)."""
-  return _combine(masks, lambda a, b: a and b, "all_of")
+  return _combine(masks, all, "all_of")
 
 
 def any_of(*masks: Mask) -> Callable[[Any], Any]:
   """Mask that is True where any given mask is True."""
-  return _combine(masks, lambda a, b: a or b, "any_of")
+  return _combine(masks, any, "any_of")
 
 
 def resolve(
@@ -266,39 +232,29 @@ def resolve(
     owner: the transformation whose argument it is, named first in error messages.
     nonempty: raise if a callable mask other than a name rule selects no leaf of a
       whole params tree (not an optax partition).
-
-  Returns:
-    A list of Python bools aligned with ``jax.tree.leaves(tree)``.
   """
   leaves, treedef = jax.tree.flatten(tree)
   where = f"{owner}: " if owner else ""
-  if mask is None:
-    return [True] * len(leaves)
-  if callable(mask) and not isinstance(mask, (bool, np.bool_)):
+  if mask is None or isinstance(mask, (bool, np.bool_)):
+    return [mask is None or bool(mask)] * len(leaves)
+  if callable(mask):
     bits = resolve(mask(tree), tree, arg=arg, owner=owner)
     if nonempty and not getattr(mask, "by_name", False):
       _check_selects(where, arg, mask, tree, bits)
     return bits
-  if isinstance(mask, (bool, np.bool_)):
-    return [bool(mask)] * len(leaves)
   try:
     expanded = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask, tree)
   except (ValueError, TypeError) as e:
     raise ValueError(
       f"{where}`{arg}` does not match the parameter tree: a mask must have the params' "
       f"structure, or be a prefix of it, with a Python bool at each leaf. "
-      f"Mask structure: {jax.tree.structure(mask)}; params structure: {treedef}. "
-      f"({e})"
+      f"Mask structure: {jax.tree.structure(mask)}; params structure: {treedef}. ({e})"
     ) from None
   bits = jax.tree.leaves(expanded)
   for b in bits:
-    if isinstance(b, jax.core.Tracer) or not isinstance(b, (bool, np.bool_)):
+    if not isinstance(b, (bool, np.bool_)):
       raise TypeError(
         f"{where}`{arg}` must hold Python bools (static under jit), got {type(b).__name__} "
         f"{b!r}. Build masks from names, shapes and dtypes, not from values."
       )
-  if len(bits) != len(leaves):
-    raise ValueError(
-      f"{where}`{arg}` resolves to {len(bits)} leaves but the params have {len(leaves)}."
-    )
-  return [bool(b) for b in bits]
+  return [bool(b) for b in bits]  # one per leaf: each mask leaf filled its subtree
