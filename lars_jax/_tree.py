@@ -62,23 +62,18 @@ def flat_update_args(
   return u_leaves, p_leaves, treedef, masks_lib.resolve(mask, params, arg=arg, owner=name)
 
 
-def init_bits(name: str, mask: masks_lib.Mask, params: Any, arg: str) -> list[bool]:
-  """The resolved mask in `init`, where a rule that selects no leaf of a whole tree
-  raises; nothing to resolve on `optax.tree_map_params`' leafless placeholder."""
+def init_checks(
+  name: str, params: Any, mask: masks_lib.Mask, arg: str, axis_name: AxisNames = None
+) -> list[bool]:
+  """What a masked, params-reading transform checks in `init`: float leaves, `mask` (the
+  factory's argument `arg`; a rule that selects no leaf of a whole tree raises) and
+  `axis_name`. Returns the resolved mask, [] on `optax.tree_map_params`' leafless
+  placeholder."""
+  _checks.check_float_leaves(name, params)
   if not jax.tree.leaves(params):
     return []
-  return masks_lib.resolve(mask, params, arg=arg, owner=name, nonempty=True)
-
-
-def init_checks(
-  name: str, params: Any, mask: masks_lib.Mask, arg: str, axis_name: Any
-) -> list[bool]:
-  """What a masked, params-reading transform checks in `init`; returns the resolved
-  mask (`init_bits`)."""
-  _checks.check_float_leaves(name, params)
-  bits = init_bits(name, mask, params, arg)
-  if bits:
-    leaf_axes(axis_name, params)
+  bits = masks_lib.resolve(mask, params, arg=arg, owner=name, nonempty=True)
+  leaf_axes(axis_name, params)
   return bits
 
 

@@ -71,7 +71,7 @@ def add_decayed_weights(
   skip = _checks.is_zero_number(weight_decay)
 
   def init_fn(params):
-    _tree.init_checks(name, params, mask, "mask", None)
+    _tree.init_checks(name, params, mask, "mask")
     return _tree.count_state(callable(weight_decay))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -220,7 +220,7 @@ def _trust_ratio_transform(
 
   def init_fn(params):
     bits = _tree.init_checks(name, params, trust_ratio_mask, ratio_arg, axis_name)
-    _tree.init_bits(name, weight_decay_mask, params, decay_arg)  # a typo fails here, even at wd 0
+    _tree.init_checks(name, params, weight_decay_mask, decay_arg)  # a typo fails even at wd 0
     return _stats.init(keep_stats, counted, params, bits)
 
   def update_fn(updates, state, params=None, **extra_args):
