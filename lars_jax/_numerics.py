@@ -11,7 +11,7 @@ function below; who uses which:
 `trust_ratio_if_positive`      TF Model Garden (`tf_lars`), BYOL (`byol_lars`): 1 unless both
                                norms > 0 (a NaN norm falls back to 1).
 `sum_norms_ratio_if_nonzero`   Lightning Flash (`torch_lars`), Apex (`larc`): applied where both
-                               norms != 0 (and decay != 0 unless LARC); else raw gradient.
+                               norms != 0 (Flash: and decay != 0); else the raw gradient.
 `sum_norms_ratio_if_positive`  timm (`timm_lars`): 1 unless both norms > 0; decay added anyway.
 `sum_norms_ratio_unless_zero`  flax.optim (`flax_lars`): 1 where a norm == 0, decay added anyway.
 `clip_ratio`                   LARC's clip mode, timm's ``trust_clip``: min(r / lr, 1); 1 at lr 0.
@@ -110,15 +110,11 @@ def _sum_norms_ratio(pn: jax.Array, gn: jax.Array, wd: Any, tc: Any, eps: Any, o
   return ratio_where(ok, tc * pn, gn + wd * pn + eps)
 
 
-def sum_norms_ratio_if_nonzero(
-  pn: jax.Array, gn: jax.Array, wd: Any, tc: Any, eps: Any, *, need_decay: bool
-) -> tuple[jax.Array, jax.Array]:
+def sum_norms_ratio_if_nonzero(pn: jax.Array, gn: jax.Array, wd: Any, tc: Any, eps: Any):
   """PyTorch's ``!= 0`` tests (Lightning Flash, Apex LARC): the ratio and where it
-  applies (both norms != 0, and ``wd != 0`` if `need_decay`). Where it does not apply
-  the caller passes the raw gradient through, undecayed. A NaN norm applies (NaN)."""
+  applies (both norms != 0); where it does not, the caller passes the raw gradient
+  through, undecayed. A NaN norm applies (NaN)."""
   ok = (pn != 0) & (gn != 0)
-  if need_decay:
-    ok = ok & (wd != 0)
   return _sum_norms_ratio(pn, gn, wd, tc, eps, ok), ok
 
 

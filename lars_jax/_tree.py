@@ -77,25 +77,20 @@ def init_checks(
   return bits
 
 
-def with_buffers(name: str, updates: Any, buffers: Any) -> list[tuple[jax.Array, jax.Array]]:
-  """(update, buffer) leaf pairs of a momentum transform, both in the wide dtype of
-  the two; raises if the buffers do not match the updates."""
+def momentum_map(name: str, updates: Any, buffers: Any, step: Any) -> tuple[Any, Any]:
+  """(outputs, new buffers) of a momentum transform: ``step(x, t) -> (out, new_t)`` per
+  leaf, in the wide dtype of update and buffer, cast back to theirs; raises if the
+  buffers do not match the updates."""
   x_leaves, treedef = jax.tree.flatten(updates)
   t_leaves = flatten_like(buffers, treedef, "state.trace", name)
   check_shapes(name, updates, x_leaves, t_leaves, "momentum buffer")
-  pairs = []
+  out, new = [], []
   for x, t in zip(x_leaves, t_leaves):
     acc = jnp.promote_types(_numerics.wide_dtype(x.dtype), _numerics.wide_dtype(t.dtype))
-    pairs.append((x.astype(acc), t.astype(acc)))
-  return pairs
-
-
-def unflatten_like(updates: Any, out: list[Any], new: list[Any], buffers: Any, make: Any):
-  """(`out` as the updates' tree and dtypes, `make`(`new` as the buffers' tree and dtypes))."""
-  x_leaves, treedef = jax.tree.flatten(updates)
-  t_leaves = treedef.flatten_up_to(buffers)
-  outs = treedef.unflatten([o.astype(x.dtype) for o, x in zip(out, x_leaves)])
-  return outs, make(treedef.unflatten([n.astype(t.dtype) for n, t in zip(new, t_leaves)]))
+    o, n = step(x.astype(acc), t.astype(acc))
+    out.append(o.astype(x.dtype))
+    new.append(n.astype(t.dtype))
+  return treedef.unflatten(out), treedef.unflatten(new)
 
 
 def _is_axis_leaf(x: Any) -> bool:

@@ -363,14 +363,13 @@ def scale_by_sum_norms_trust_ratio(
     pn, gn = _numerics.layer_norms([[p_leaves[i] for i in idx], [g_leaves[i] for i in idx]], axes)
     wds = wd * jnp.asarray([decay[i] for i in idx], pn.dtype)
     if guard == "pytorch":
-      ratio, ok = _numerics.sum_norms_ratio_if_nonzero(
-        pn, gn, wds, trust_coefficient, eps, need_decay=not adapt_without_decay
-      )
+      ratio, ok = _numerics.sum_norms_ratio_if_nonzero(pn, gn, wds, trust_coefficient, eps)
     else:
       timm = guard == "timm"
       fn = _numerics.sum_norms_ratio_if_positive if timm else _numerics.sum_norms_ratio_unless_zero
-      ratio = fn(pn, gn, wds, trust_coefficient, eps)
-      ok = jnp.ones_like(ratio, bool) if adapt_without_decay else wds != 0
+      ratio, ok = fn(pn, gn, wds, trust_coefficient, eps), jnp.ones_like(pn, bool)
+    if not adapt_without_decay:  # a leaf without weight decay passes through
+      ok = ok & (wds != 0)
     if clip_learning_rate is not None:
       ratio = _numerics.clip_ratio(ratio, _tree.at_count(clip_learning_rate, state))
     out = list(g_leaves)
@@ -450,14 +449,14 @@ def trace(
     _checks.check_float_leaves(name, params)
     return TraceState(trace=jax.tree.map(lambda p: _numerics.zeros_like(p, acc_dtype), params))
 
+  def step(x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    tn = x + decay * t
+    return (x + decay * tn if nesterov else tn), tn
+
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    new_t, out = [], []
-    for x, t in _tree.with_buffers(name, updates, state.trace):
-      tn = x + decay * t
-      new_t.append(tn)
-      out.append(x + decay * tn if nesterov else tn)
-    return _tree.unflatten_like(updates, out, new_t, state.trace, TraceState)
+    out, trace = _tree.momentum_map(name, updates, state.trace, step)
+    return out, TraceState(trace=trace)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -515,17 +514,15 @@ def torch_trace(
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     first, on = state.count == 0, decay != 0
-    new_t, out = [], []
-    for x, t in _tree.with_buffers(name, updates, state.trace):
+
+    def step(x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
       tn = jnp.where(first, x, decay * t + (1 - dampening) * x)
       o = x + decay * tn if nesterov else tn
-      if gated:
-        tn, o = jnp.where(on, tn, t), jnp.where(on, o, x)
-      new_t.append(tn)
-      out.append(o)
+      return (jnp.where(on, o, x), jnp.where(on, tn, t)) if gated else (o, tn)
+
+    out, trace = _tree.momentum_map(name, updates, state.trace, step)
     count = optax.safe_increment(state.count)
     count = jnp.where(on, count, state.count) if gated else count
-    make = lambda trace: TorchTraceState(count=count, trace=trace)
-    return _tree.unflatten_like(updates, out, new_t, state.trace, make)
+    return out, TorchTraceState(count=count, trace=trace)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
