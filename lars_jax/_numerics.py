@@ -49,14 +49,6 @@ def decayed(u: jax.Array, p: jax.Array, weight_decay: Any) -> jax.Array:
   return decayed_wide(u, p, weight_decay).astype(u.dtype)
 
 
-def zeros_like(x: Any, dtype: Any = None) -> jax.Array:
-  """Zeros shaped (and, for a `jax.ShapeDtypeStruct`, sharded) like `x`."""
-  dtype = dtype or x.dtype
-  if isinstance(x, jax.ShapeDtypeStruct):
-    return jnp.zeros(x.shape, dtype, device=getattr(x, "sharding", None))
-  return jnp.zeros_like(x, dtype=dtype)
-
-
 def sq_norm(x: jax.Array, axis: int | None = None) -> jax.Array:
   """Sum of squared moduli of the elements of `x` (along `axis`), in float32 or wider."""
   acc = wide_dtype(x.dtype)
@@ -187,12 +179,9 @@ def norm_dtype(leaves: Sequence[Any]) -> jnp.dtype:
 def layer_norms(
   leaf_lists: Sequence[Sequence[jax.Array]], axes: Sequence[tuple[Hashable, ...]]
 ) -> list[jax.Array]:
-  """Per-leaf L2 norms of K aligned lists of N leaves (e.g. params and updates), as K
+  """Per-leaf L2 norms of K aligned lists of N >= 1 leaves (e.g. params and updates), as K
   vectors of shape (N,): squared norms in `norm_dtype`, summed across devices with one
   `lax.psum` over the union of `axes` (N tuples of mesh-axis names, `_tree.leaf_axes`)."""
-  n = len(axes)
-  if n == 0:
-    return [jnp.zeros((0,), jnp.float32) for _ in leaf_lists]
   dtype = norm_dtype([x for leaves in leaf_lists for x in leaves])
   concrete = [x for xs in leaf_lists for x in xs if not isinstance(x, jax.core.Tracer)]
   if len({frozenset(x.sharding.device_set) for x in concrete if isinstance(x, jax.Array)}) > 1:

@@ -17,31 +17,27 @@ from lars_jax import masks as masks_lib
 AxisNames = Any  # None | str | tuple[str, ...] | PartitionSpec | pytree (prefix) of these
 
 
-def flatten_like(tree: Any, treedef: Any, what: str, transform: str) -> list[Any]:
-  """Flattens `tree` up to `treedef` with a clear error on mismatch."""
+def leaves_like(name: str, updates: Any, tree: Any, what: str, label: str) -> list[Any]:
+  """The leaves of `tree` (the transform's argument or state `what`), one per update
+  leaf; raises ValueError if its structure differs or a leaf's shape does (a
+  broadcastable one too: a (4, 1) gradient for a (4, 3) parameter is always a bug)."""
+  treedef = jax.tree.structure(updates)
   try:
-    return treedef.flatten_up_to(tree)
+    leaves = treedef.flatten_up_to(tree)
   except (ValueError, TypeError) as e:
     raise ValueError(
-      f"{transform}: `{what}` does not have the structure of the updates. "
-      f"Updates: {treedef}; {what}: {jax.tree.structure(tree)}. Pass {what} "
-      f"with the same tree structure as the gradients. ({e})"
+      f"{name}: `{what}` does not have the structure of the updates. Updates: {treedef}; "
+      f"{what}: {jax.tree.structure(tree)}. Pass {what} with the same tree structure as "
+      f"the gradients. ({e})"
     ) from None
-
-
-def check_shapes(
-  transform: str, updates: Any, leaves: Sequence[Any], ref_leaves: Sequence[Any], what: str
-) -> None:
-  """Raises ValueError naming the first leaf whose update shape differs from `what`'s
-  (a broadcastable one too: a (4, 1) gradient for a (4, 3) parameter is always a bug)."""
-  for i, (u, r) in enumerate(zip(leaves, ref_leaves)):
+  for (path, u), r in zip(jax.tree_util.tree_flatten_with_path(updates)[0], leaves):
     if getattr(u, "shape", None) != getattr(r, "shape", None):
-      path = masks_lib.path_str(jax.tree_util.tree_flatten_with_path(updates)[0][i][0])
       raise ValueError(
-        f"{transform}: the update for {path!r} has shape {tuple(u.shape)} but its "
-        f"{what} has shape {tuple(r.shape)}. Pass gradients computed for these "
+        f"{name}: the update for {masks_lib.path_str(path)!r} has shape {tuple(u.shape)} "
+        f"but its {label} has shape {tuple(r.shape)}. Pass gradients computed for these "
         "parameters (same tree, same shapes)."
       )
+  return leaves
 
 
 def flat_update_args(
@@ -56,8 +52,7 @@ def flat_update_args(
       f"{name} needs the current parameters: call `tx.update(updates, state, params)`."
     )
   u_leaves, treedef = jax.tree.flatten(updates)
-  p_leaves = flatten_like(params, treedef, "params", name)
-  check_shapes(name, updates, u_leaves, p_leaves, "parameter")
+  p_leaves = leaves_like(name, updates, params, "params", "parameter")
   _checks.check_float_leaves(name, params)
   return u_leaves, p_leaves, treedef, masks_lib.resolve(mask, params, arg=arg, owner=name)
 
@@ -82,8 +77,7 @@ def momentum_map(name: str, updates: Any, buffers: Any, step: Any) -> tuple[Any,
   leaf, in the wide dtype of update and buffer, cast back to theirs; raises if the
   buffers do not match the updates."""
   x_leaves, treedef = jax.tree.flatten(updates)
-  t_leaves = flatten_like(buffers, treedef, "state.trace", name)
-  check_shapes(name, updates, x_leaves, t_leaves, "momentum buffer")
+  t_leaves = leaves_like(name, updates, buffers, "state.trace", "momentum buffer")
   out, new = [], []
   for x, t in zip(x_leaves, t_leaves):
     acc = jnp.promote_types(_numerics.wide_dtype(x.dtype), _numerics.wide_dtype(t.dtype))
@@ -113,11 +107,6 @@ def _normalize_axes(a: Any) -> tuple[Hashable, ...]:
 def leaf_axes(axis_name: AxisNames, tree: Any) -> list[tuple[Hashable, ...]]:
   """`axis_name` (a name, tuple, PartitionSpec or pytree prefix of them) as one tuple per
   leaf of `tree`: the mesh axes that leaf is split over (its squared norm is summed over)."""
-  n = len(jax.tree.leaves(tree))
-  if axis_name is None:
-    return [()] * n
-  if _is_axis_leaf(axis_name):
-    return [_normalize_axes(axis_name)] * n
   axes_leaves, axes_def = jax.tree.flatten(axis_name, is_leaf=_is_axis_leaf)
   try:
     subtrees = axes_def.flatten_up_to(tree)

@@ -366,7 +366,6 @@ def torch_lars(
     [-0.0035 -0.0005]
     [-0.00495 -0.00071]
   """
-  _checks.check_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
   stats = {"axis_name": axis_name, "keep_stats": keep_stats}
   rewrite = transforms.scale_by_sum_norms_trust_ratio(
@@ -486,7 +485,6 @@ def timm_lars(
     [-0.6 -0.8]
     [-0.3 -0.4]
   """
-  _checks.check_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
   _checks.check_bools(trust_clip=trust_clip, always_adapt=always_adapt)
   clip_lr = learning_rate if trust_clip else None

@@ -447,7 +447,7 @@ def trace(
 
   def init_fn(params):
     _checks.check_float_leaves(name, params)
-    return TraceState(trace=jax.tree.map(lambda p: _numerics.zeros_like(p, acc_dtype), params))
+    return TraceState(trace=jax.tree.map(lambda p: jnp.zeros_like(p, acc_dtype), params))
 
   def step(x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     tn = x + decay * t
@@ -508,7 +508,7 @@ def torch_trace(
 
   def init_fn(params):
     _checks.check_float_leaves(name, params)
-    buf = jax.tree.map(lambda p: _numerics.zeros_like(p, acc_dtype), params)
+    buf = jax.tree.map(lambda p: jnp.zeros_like(p, acc_dtype), params)
     return TorchTraceState(count=jnp.zeros([], jnp.int32), trace=buf)
 
   def update_fn(updates, state, params=None, **extra_args):
