@@ -1,11 +1,8 @@
-"""Framework presets, each a thin `optax.chain` of the public transforms with its
-reference's numbers, zero guards included (README: "How the variants differ"): TF Model
-Garden (`tf_lars`, its Keras clipping `keras_clip`), DeepMind BYOL (`byol_lars`),
-flax.optim (`flax_lars`), Lightning Flash (`torch_lars`), NVIDIA Apex (`larc`) and timm
-(`timm_lars`). Numeric hyperparameters may be traced; every preset also takes,
-keyword-only, ``axis_name`` (see `scale_by_trust_ratio`) and ``keep_stats`` (see
-`lars_jax.layer_stats`).
-"""
+"""Framework presets, each a thin `optax.chain` of the public transforms with its reference's
+numbers and zero guards (README: "How the variants differ"): TF Model Garden (`tf_lars`, and
+`keras_clip`), DeepMind BYOL (`byol_lars`), flax.optim (`flax_lars`), Lightning Flash
+(`torch_lars`), NVIDIA Apex (`larc`) and timm (`timm_lars`). Numeric hyperparameters may be
+traced; each preset also takes ``axis_name`` and ``keep_stats`` (as `scale_by_trust_ratio`)."""
 
 from __future__ import annotations
 
@@ -19,15 +16,7 @@ from lars_jax import _checks, _numerics, _tree, transforms
 from lars_jax import masks as masks_lib
 from lars_jax._tree import AxisNames
 
-__all__ = [
-  "byol_lars",
-  "flax_lars",
-  "keras_clip",
-  "larc",
-  "tf_lars",
-  "timm_lars",
-  "torch_lars",
-]
+__all__ = ["byol_lars", "flax_lars", "keras_clip", "larc", "tf_lars", "timm_lars", "torch_lars"]
 
 Patterns = Sequence[str] | None
 
@@ -112,8 +101,6 @@ def _exclude_mask(patterns: Patterns, arg: str) -> masks_lib.Mask:
       f"`{arg}` must be a list of regular expressions (e.g. ['bias', 'BatchNorm']), "
       f"got {patterns!r}."
     )
-  if not patterns:
-    return True
   masks_lib.compile_patterns(patterns, arg)  # the error names `arg`
   return masks_lib.exclude_names(*patterns, match="search")
 
@@ -159,9 +146,8 @@ def tf_lars(
     clipnorm, clipvalue, global_clipnorm: Keras clipping (`keras_clip`; None: off).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`: classic ``chain(keras_clip,
-    scale_by_trust_ratio_with_decay, scale_by_learning_rate, trace)``; popular
-    ``chain(keras_clip, add_decayed_weights, trace, scale_by_trust_ratio,
+    Classic ``chain(keras_clip, scale_by_trust_ratio_with_decay, scale_by_learning_rate,
+    trace)``; popular ``chain(keras_clip, add_decayed_weights, trace, scale_by_trust_ratio,
     scale_by_learning_rate)``; ratios with ``positive_norms_only=True``.
 
   Examples:
@@ -351,8 +337,7 @@ def torch_lars(
     weight_decay_mask: which leaves are in the decayed group (see `lars_jax.masks`).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`: ``chain(scale_by_sum_norms_trust_ratio,
-    torch_trace, scale_by_learning_rate)``.
+    ``chain(scale_by_sum_norms_trust_ratio, torch_trace, scale_by_learning_rate)``.
 
   Examples:
     The ratio divides by :math:`\|g\| + \lambda\|w\|`, `lars` by :math:`\|g + \lambda w\|`:
@@ -471,8 +456,7 @@ def timm_lars(
     weight_decay_mask: which leaves are in the decayed group (see `lars_jax.masks`).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs`: ``chain(scale_by_sum_norms_trust_ratio(
-    guard='timm'), torch_trace, scale_by_learning_rate)``.
+    ``chain(scale_by_sum_norms_trust_ratio(guard='timm'), torch_trace, scale_by_learning_rate)``.
 
   Examples:
     ``trust_clip`` clips the zero-gradient fallback ratio 1 to :math:`1/\gamma`:

@@ -1,9 +1,6 @@
-"""Composable optax transformations that make up LARS and the framework presets.
-
-Each factory returns an `optax.GradientTransformationExtraArgs`. Norms and ratios are
-taken in float32 or wider, all leaves at once (one collective under `shard_map`), with the
-guards of `lars_jax._numerics` (README: Numerics).
-"""
+"""The optax transformations that make up LARS and the presets, each factory returning an
+`optax.GradientTransformationExtraArgs`. Norms and ratios are taken in float32 or wider, all
+leaves at once (one collective under `shard_map`), with the guards of `lars_jax._numerics`."""
 
 from __future__ import annotations
 
@@ -166,11 +163,10 @@ def scale_by_trust_ratio_with_decay(
 
   Args:
     weight_decay: :math:`\lambda \ge 0`, or a schedule ``count -> rate``.
-    trust_coefficient: :math:`\eta \ge 0`.
-    eps: :math:`\epsilon \ge 0`, added to the update norm.
-    weight_decay_mask: which leaves to decay (see `lars_jax.masks`); None: all.
-    trust_ratio_mask: which leaves to adapt; None: all.
-    axis_name, keep_stats, positive_norms_only: as in `scale_by_trust_ratio`.
+    weight_decay_mask, trust_ratio_mask: which leaves to decay, to adapt (`lars_jax.masks`);
+      None: all.
+    trust_coefficient, eps, axis_name, keep_stats, positive_norms_only: as in
+      `scale_by_trust_ratio`.
 
   Examples:
     >>> import jax.numpy as jnp, lars_jax
