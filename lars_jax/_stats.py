@@ -1,5 +1,5 @@
-"""The state of the trust-ratio transforms: a step count and, with ``keep_stats``,
-the `LayerStats` of the last step (shared by `transforms` and the presets)."""
+"""The state of the trust-ratio transforms (`lars_jax.transforms`): a step count and, with
+``keep_stats``, the `LayerStats` of the last step (read by `lars_jax.layer_stats`)."""
 
 from __future__ import annotations
 

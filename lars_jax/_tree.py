@@ -43,10 +43,9 @@ def leaves_like(name: str, updates: Any, tree: Any, what: str, label: str) -> li
 def flat_update_args(
   name: str, updates: Any, params: Any, mask: masks_lib.Mask, arg: str = "mask"
 ) -> tuple[list[Any], list[Any], Any, list[bool]]:
-  """What a masked, params-reading transform checks first in `update`: returns the update
-  and param leaves, the treedef and `mask` (the factory's argument `arg`) resolved;
-  raises if `params` is missing, does not match, holds non-float leaves or `mask` does
-  not fit."""
+  """What a masked, params-reading transform checks first in `update`: returns the update and
+  param leaves, the treedef and `mask` (the factory's argument `arg`) resolved; raises if
+  `params` is missing, does not match, holds non-float leaves or `mask` does not fit."""
   if params is None:
     raise ValueError(
       f"{name} needs the current parameters: call `tx.update(updates, state, params)`."

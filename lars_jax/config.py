@@ -1,9 +1,9 @@
 """Typed optimizer configs that live in YAML and build optax transformations.
 
 Needs the ``config`` extra (pydantic v2, PyYAML). `LARSConfig` (TF Model Garden's, builds
-`lars_jax.tf_lars`) and `OptimizerConfig` (per-name rules and schedules over any LARS kind
-or optax optimizer) are checked on creation and have Model Garden's ``ParamsDict``
-methods (`lars_jax._params_dict`; README: Configs in YAML).
+`lars_jax.tf_lars`) and `OptimizerConfig` (per-name rules and schedules over any LARS kind or
+optax optimizer) are checked on creation and have Model Garden's ``ParamsDict`` methods
+(`lars_jax._params_dict`; README: Configs in YAML).
 """
 
 from __future__ import annotations

@@ -85,7 +85,6 @@ def lars(
     You, Gitman & Ginsburg, `Large Batch Training of Convolutional Networks
     <https://arxiv.org/abs/1708.03888>`_, 2017.
   """
-  _checks.check_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
   masks = {"weight_decay_mask": weight_decay_mask, "trust_ratio_mask": trust_ratio_mask}
   return optax.chain(

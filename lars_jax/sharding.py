@@ -54,9 +54,8 @@ def abstract_state(
 ) -> Any:
   """``tx.init(params)`` as `jax.ShapeDtypeStruct`s carrying `state_shardings`.
 
-  The target for a sharded orbax restore (each array read straight into its shards) and
-  for ``jax.jit(tx.init, out_shardings=...)``. Arguments as in `state_shardings`
-  (NamedShardings, not PartitionSpecs).
+  The target for a sharded orbax restore (each array read straight into its shards) and for
+  ``jax.jit(tx.init, out_shardings=...)``. Arguments as in `state_shardings` (NamedShardings).
   """
   abstract = jax.eval_shape(tx.init, params)  # traced once, for both
   shardings = _shardings(tx, params, abstract, param_shardings, replicated)

@@ -212,12 +212,11 @@ def _trust_ratio_transform(
   if positive_norms_only and not _checks.is_zero_number(eps):
     raise ValueError("`positive_norms_only=True` (TF Model Garden's guard) needs `eps=0.0`.")
   no_decay = _checks.is_zero_number(weight_decay)
-  counted = callable(weight_decay)
 
   def init_fn(params):
     bits = _tree.init_checks(name, params, trust_ratio_mask, ratio_arg, axis_name)
     _tree.init_checks(name, params, weight_decay_mask, decay_arg)  # a typo fails even at wd 0
-    return _stats.init(keep_stats, counted, params, bits)
+    return _stats.init(keep_stats, callable(weight_decay), params, bits)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -333,10 +332,7 @@ def scale_by_sum_norms_trust_ratio(
   _checks.check_bools(adapt_without_decay=adapt_without_decay, keep_stats=keep_stats)
   if guard not in ("pytorch", "timm", "flax"):
     raise ValueError(f"`guard` must be 'pytorch', 'timm' or 'flax', got {guard!r}.")
-  if clip_learning_rate is not None:
-    _checks.check_scalar(
-      "learning_rate", clip_learning_rate, fix="Pass the inner optimizer's learning rate."
-    )
+  _checks.check_scalar("learning_rate", clip_learning_rate)  # LARC's and timm's name for it
   no_decay = _checks.is_zero_number(weight_decay)
   identity = no_decay and not adapt_without_decay
   counted = callable(weight_decay) or callable(clip_learning_rate)
