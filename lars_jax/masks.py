@@ -31,8 +31,16 @@ from lars_jax import _compat
 Mask = Any  # bool | pytree of bools (or a prefix) | Callable[[params], pytree]
 MatchMode = Literal["search", "fullmatch", "component"]
 
-__all__ = ["all_of", "any_of", "exclude_names", "min_ndim", "only_names", "tree_paths"]
-# Not in __all__, for the transforms: path_str, compile_patterns and resolve.
+__all__ = [
+  "all_of",
+  "any_of",
+  "exclude_names",
+  "min_ndim",
+  "only_names",
+  "path_str",
+  "resolve",
+  "tree_paths",
+]
 
 
 def path_str(path: Sequence[Any]) -> str:

@@ -18,8 +18,6 @@ from lars_jax._tree import AxisNames
 
 __all__ = ["byol_lars", "flax_lars", "keras_clip", "larc", "tf_lars", "timm_lars", "torch_lars"]
 
-Patterns = Sequence[str] | None
-
 
 def keras_clip(
   clipvalue: float | jax.Array | None = None,
@@ -92,7 +90,7 @@ def keras_clip(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _exclude_mask(patterns: Patterns, arg: str) -> masks_lib.Mask:
+def _exclude_mask(patterns: Sequence[str] | None, arg: str) -> masks_lib.Mask:
   """True where no pattern is found (re.search) in the '/'-joined path."""
   if patterns is None:
     return True
@@ -112,8 +110,8 @@ def tf_lars(
   eeta: float | jax.Array = 0.001,
   nesterov: bool = False,
   classic_momentum: bool = True,
-  exclude_from_weight_decay: Patterns = None,
-  exclude_from_layer_adaptation: Patterns = None,
+  exclude_from_weight_decay: Sequence[str] | None = None,
+  exclude_from_layer_adaptation: Sequence[str] | None = None,
   clipnorm: float | jax.Array | None = None,
   clipvalue: float | jax.Array | None = None,
   global_clipnorm: float | jax.Array | None = None,
@@ -179,21 +177,15 @@ def tf_lars(
   adapt_mask = adapt_mask if exclude_from_layer_adaptation else decay_mask
   clip = keras_clip(clipvalue, clipnorm, global_clipnorm, axis_name=axis_name)
   trace = transforms.trace(momentum, nesterov=nesterov)
+  kw = {"axis_name": axis_name, "keep_stats": keep_stats, "positive_norms_only": True}
   if classic_momentum:
-    ratio = _tf_trust_ratio(weight_decay_rate, eeta, decay_mask, adapt_mask, axis_name, keep_stats)
+    masks = {"weight_decay_mask": decay_mask, "trust_ratio_mask": adapt_mask}
+    ratio = transforms.scale_by_trust_ratio_with_decay(weight_decay_rate, eeta, **masks, **kw)
     return optax.chain(clip, ratio, lr, trace)
   decay = transforms.add_decayed_weights(weight_decay_rate, mask=decay_mask)
-  kw = {"axis_name": axis_name, "keep_stats": keep_stats, "positive_norms_only": True}
   return optax.chain(
     clip, decay, trace, transforms.scale_by_trust_ratio(eeta, 0.0, adapt_mask, **kw), lr
   )
-
-
-def _tf_trust_ratio(weight_decay, eta, decay_mask, adapt_mask, axis_name, keep_stats):
-  """`scale_by_trust_ratio_with_decay` with TF's guard and no eps (`tf_lars`, `byol_lars`)."""
-  masks = {"weight_decay_mask": decay_mask, "trust_ratio_mask": adapt_mask}
-  kw = {"axis_name": axis_name, "keep_stats": keep_stats, "positive_norms_only": True}
-  return transforms.scale_by_trust_ratio_with_decay(weight_decay, eta, **masks, **kw)
 
 
 def byol_lars(
@@ -243,9 +235,9 @@ def byol_lars(
   lr = transforms.scale_by_learning_rate(learning_rate)
   _checks.check_momentum("momentum", momentum)
   _checks.check_numbers(eta=eta)
-  ratio = _tf_trust_ratio(
-    weight_decay, eta, weight_decay_mask, trust_ratio_mask, axis_name, keep_stats
-  )
+  kw = {"axis_name": axis_name, "keep_stats": keep_stats, "positive_norms_only": True}  # TF's guard
+  masks = {"weight_decay_mask": weight_decay_mask, "trust_ratio_mask": trust_ratio_mask}
+  ratio = transforms.scale_by_trust_ratio_with_decay(weight_decay, eta, **masks, **kw)
   return optax.chain(ratio, transforms.trace(momentum), lr)
 
 

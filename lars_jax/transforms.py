@@ -26,8 +26,6 @@ __all__ = [
   "trace",
 ]
 
-Guard = Literal["pytorch", "timm", "flax"]
-
 
 class TraceState(NamedTuple):
   """Momentum buffer, one array per parameter."""
@@ -274,7 +272,7 @@ def scale_by_sum_norms_trust_ratio(
   *,
   adapt_without_decay: bool = False,
   clip_learning_rate: optax.ScalarOrSchedule | None = None,
-  guard: Guard = "pytorch",
+  guard: Literal["pytorch", "timm", "flax"] = "pytorch",
   axis_name: AxisNames = None,
   keep_stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
