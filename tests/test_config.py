@@ -350,6 +350,13 @@ def test_override_returns_a_new_config():
   assert isinstance(new, LARSConfig) and new is not cfg
 
 
+def test_override_takes_a_config_or_a_mapping():
+  other = LARSConfig(momentum=0.5, eeta=0.01)
+  assert LARSConfig().override(other) == other
+  with pytest.raises(TypeError, match="override needs a mapping, got list"):
+    LARSConfig().override([("momentum", 0.5)])
+
+
 def test_strict_override_rejects_unknown_keys():
   with pytest.raises(ConfigKeyError, match="'momentun' does not exist") as e:
     LARSConfig().override({"momentun": 0.5})

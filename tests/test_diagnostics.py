@@ -244,3 +244,25 @@ def test_state_stacked_by_vmap():
   for k, v in stats.items():
     assert v.shape == (3,)
     np.testing.assert_allclose(v[1], single[k], rtol=RTOL)
+
+
+def test_a_key_seen_twice_names_its_place_in_the_state():
+  # Two trust-ratio transforms in one chain both keep stats for 'w': the second key of
+  # each stat gets its path in the state, and each value is the one its transform used.
+  w, g = {"w": jnp.array([3.0, 4.0])}, {"w": jnp.array([0.6, 0.8])}  # |w| = 5, |g| = 1
+  tx = optax.chain(
+    lars_jax.scale_by_trust_ratio(0.1, keep_stats=True),  # r = 0.5, update norm 0.5
+    lars_jax.scale_by_trust_ratio(0.1, keep_stats=True),  # r = 0.1 * 5 / 0.5 = 1
+  )
+  _, state = tx.update(g, tx.init(w), w)
+  stats = lars_jax.layer_stats(state)
+  assert stats == pytest.approx(
+    {
+      "param_norm/w": 5.0,
+      "update_norm/w": 1.0,
+      "trust_ratio/w": 0.5,
+      "param_norm/1/stats/w": 5.0,
+      "update_norm/1/stats/w": 0.5,
+      "trust_ratio/1/stats/w": 1.0,
+    }
+  )

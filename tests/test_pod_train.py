@@ -209,3 +209,12 @@ def test_sharded_restore_with_keep_stats(tmp_path):
 def test_missing_shardings_name_the_parameter():
   with pytest.raises(ValueError, match="'dense/bias' has no sharding"):
     lsh.state_shardings(lars_jax.lars(0.1), {"dense": {"bias": np.ones(2)}})
+
+
+def test_replicated_sharding_must_be_inferable_or_given():
+  params = {"w": jnp.ones((2, 2))}
+  single = {"w": jax.sharding.SingleDeviceSharding(jax.devices()[0])}
+  with pytest.raises(ValueError, match="Pass `replicated=`"):
+    lsh.state_shardings(lars_jax.lars(0.1), params, single)
+  sh = lsh.state_shardings(lars_jax.lars(0.1), params, single, replicated=single["w"])
+  assert sh[2].trace == single

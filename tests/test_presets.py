@@ -676,6 +676,14 @@ BAD = [
   (lambda: lars_jax.larc(lambda g: g, learning_rate=0.1), TypeError, "inner"),
   (lambda: lars_jax.larc(optax.sgd(0.1), 0.1, clip="yes"), TypeError, "clip"),
   (lambda: lars_jax.larc(optax.sgd(0.1), 0.1, trust_coefficient=-1), ValueError, "trust"),
+  (lambda: lars_jax.timm_lars(-0.1), ValueError, "learning_rate"),
+  (lambda: lars_jax.timm_lars(-0.1, trust_clip=True), ValueError, "learning_rate"),
+  (lambda: lars_jax.timm_lars(None), TypeError, "learning_rate"),
+  (lambda: lars_jax.flax_lars(0.1, beta=1.0), ValueError, "beta"),
+  (lambda: lars_jax.byol_lars(0.1, eta=lambda c: 0.1), TypeError, "eta"),
+  (lambda: lars_jax.scale_by_sum_norms_trust_ratio(guard="apex"), ValueError, "guard"),
+  (lambda: lars_jax.scale_by_sum_norms_trust_ratio(clip_learning_rate=-1.0), ValueError, "rate"),
+  (lambda: lars_jax.scale_by_trust_ratio(eps=1e-8, positive_norms_only=True), ValueError, "eps"),
 ]
 
 
@@ -683,6 +691,11 @@ BAD = [
 def test_bad_arguments(make, exc, match):
   with pytest.raises(exc, match=match):
     make()
+
+
+def test_keras_clip_passes_an_empty_tree_through():
+  tx = lars_jax.keras_clip(clipvalue=1.0, clipnorm=1.0)
+  assert tx.update({}, tx.init({}))[0] == {}
 
 
 def test_bad_use_at_update():
