@@ -3,7 +3,7 @@
 Usage (from the repository root):
 
     python -m benchmarks.before_after                  # before = 18d3c96^ (issue 12)
-    python -m benchmarks.before_after --before REV --trees resnet50 --repeats 9
+    python -m benchmarks.before_after --before REV --trees resnet50 --repeats 9 [--presets]
 
 The package as it was at git revision REV is extracted (`git archive`) into a
 temporary directory as the package `lars_jax_before`, its own imports rewritten
@@ -38,9 +38,7 @@ from types import ModuleType
 
 import jax
 import numpy as np
-import optax
 
-import lars_jax
 from benchmarks import harness
 from benchmarks import trees as trees_lib
 
@@ -73,25 +71,14 @@ def import_before(rev: str, into: pathlib.Path) -> tuple[ModuleType, str]:
   return mod, sha
 
 
-def candidates(before: ModuleType, no_masks: bool) -> dict[str, object]:
-  def lars(pkg: ModuleType, masked: bool):
-    m2 = pkg.masks.min_ndim(2) if masked else True
-    return lambda: pkg.lars(
-      harness.LR,
-      weight_decay=harness.WD,
-      weight_decay_mask=m2,
-      trust_ratio_mask=m2,
-      momentum=harness.MOMENTUM,
-    )
-
-  out = {
-    "sgd-momentum": lambda: optax.sgd(harness.LR, momentum=harness.MOMENTUM),
-    "lars before": lars(before, True),
-    "lars after": lars(lars_jax, True),
-  }
-  if no_masks:
-    out["lars before (no masks)"] = lars(before, False)
-    out["lars after (no masks)"] = lars(lars_jax, False)
+def candidates(before: ModuleType, no_masks: bool, presets: bool) -> dict[str, object]:
+  """SGD-momentum, then each lars_jax candidate of `harness.optimizers` before and after."""
+  after, old = harness.optimizers(presets), harness.optimizers(presets, pkg=before)
+  out = {"sgd-momentum": after["sgd-momentum"]}
+  for k in after:
+    if k.startswith("lars_jax.") and k in old and (no_masks or "no masks" not in k):
+      name = k.removeprefix("lars_jax.")
+      out[f"{name} before"], out[f"{name} after"] = old[k], after[k]
   return out
 
 
@@ -181,6 +168,7 @@ def main() -> None:
   ap.add_argument("--trees", default="resnet50,vit_b16")
   ap.add_argument("--repeats", type=int, default=15)
   ap.add_argument("--no-masks", action="store_true", help="also time lars without masks")
+  ap.add_argument("--presets", action="store_true", help="also the presets of harness.optimizers")
   args = ap.parse_args()
   with tempfile.TemporaryDirectory(prefix="lars_before_") as tmp:
     before, sha = import_before(args.before, pathlib.Path(tmp))
@@ -196,7 +184,7 @@ def main() -> None:
       f"{head}{' with local changes' if dirty else ', unmodified'}; "
       f"median of {args.repeats} round-robin repeats after 2 warm-up steps\n"
     )
-    makers = candidates(before, args.no_masks)
+    makers = candidates(before, args.no_masks, args.presets)
     for name in args.trees.split(","):
       print("\n".join(run_tree(name, makers, args.repeats)), "\n", flush=True)
       jax.clear_caches()

@@ -17,6 +17,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import jax
@@ -29,24 +30,25 @@ LR, WD, MOMENTUM = 0.1, 1e-4, 0.9
 
 
 def optimizers(
-  include_presets: bool = True,
+  include_presets: bool = True, pkg: ModuleType = lars_jax
 ) -> dict[str, Callable[[], optax.GradientTransformation]]:
-  """The candidates, by display name: lazily built transformations."""
-  m2 = lars_jax.masks.min_ndim(2)
+  """The candidates, by display name: lazily built transformations (lars_jax's from `pkg`,
+  which `before_after.py` sets to an earlier version of the package)."""
+  m2 = pkg.masks.min_ndim(2)
   out: dict[str, Callable[[], optax.GradientTransformation]] = {
     "sgd-momentum": lambda: optax.sgd(LR, momentum=MOMENTUM),
     "adamw": lambda: optax.adamw(1e-3, weight_decay=WD),
     "optax.lars": lambda: optax.lars(
       LR, weight_decay=WD, weight_decay_mask=m2, trust_ratio_mask=m2, momentum=MOMENTUM
     ),
-    "lars_jax.lars": lambda: lars_jax.lars(
+    "lars_jax.lars": lambda: pkg.lars(
       LR, weight_decay=WD, weight_decay_mask=m2, trust_ratio_mask=m2, momentum=MOMENTUM
     ),
-    "lars_jax.lars (no masks)": lambda: lars_jax.lars(LR, weight_decay=WD, momentum=MOMENTUM),
+    "lars_jax.lars (no masks)": lambda: pkg.lars(LR, weight_decay=WD, momentum=MOMENTUM),
   }
   if include_presets:
     # The framework presets, when the package has them, in their usual recipes:
-    # momentum 0.9, decay 1e-4 on kernels only (TF excludes by name, torch by mask).
+    # momentum 0.9, decay 1e-4 on kernels only (TF excludes by name, the others by mask).
     presets = {
       "tf_lars": lambda fn: fn(
         LR,
@@ -57,9 +59,12 @@ def optimizers(
       ),
       "torch_lars": lambda fn: fn(LR, momentum=MOMENTUM, weight_decay=WD, weight_decay_mask=m2),
       "larc": lambda fn: fn(optax.sgd(1.0, momentum=MOMENTUM), LR, weight_decay=WD),
+      "timm_lars": lambda fn: fn(LR, MOMENTUM, weight_decay=WD, weight_decay_mask=m2),
+      "flax_lars": lambda fn: fn(LR, MOMENTUM, WD),  # flax.optim decays every leaf
+      "byol_lars": lambda fn: fn(LR, WD, MOMENTUM, weight_decay_mask=m2, trust_ratio_mask=m2),
     }
     for name, build in presets.items():
-      fn = getattr(lars_jax, name, None)
+      fn = getattr(pkg, name, None)
       if fn is not None:
         out[f"lars_jax.{name}"] = lambda fn=fn, build=build: build(fn)
   return out
