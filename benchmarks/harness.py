@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -168,3 +168,9 @@ def machine() -> str:
 
   plat = jax.devices()[0].platform
   return f"{os.cpu_count()} cores, {cpu}, jax {jax.__version__}, optax {optax.__version__}, {plat}"
+
+
+def markdown_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+  """`title`, a blank line, then a Markdown table: first column left-aligned, others right."""
+  out = [title, "", f"| {' | '.join(columns)} |", "|---|" + "---:|" * (len(columns) - 1)]
+  return "\n".join(out + [f"| {' | '.join(r)} |" for r in rows])

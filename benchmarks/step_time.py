@@ -60,20 +60,33 @@ def run_tree(name: str, repeats: int, include_presets: bool, bandwidth: float) -
 
 
 def table(res: dict) -> str:
-  out = [
+  title = (
     f"**{res['tree']}**: {res['params']:,} params in {res['leaves']} leaves; "
     f"at the best copy bandwidth, {res['copy_gbps']:.1f} GB/s, the 7 x 4 B x params "
-    f"floor is {res['floor_ms']:.1f} ms.",
-    "",
-    "| update | ms/step | vs SGD-momentum | vs optax.lars | temp MB | temp % params | kernels |",
-    "|---|---:|---:|---:|---:|---:|---:|",
+    f"floor is {res['floor_ms']:.1f} ms."
+  )
+  columns = [
+    "update",
+    "ms/step",
+    "vs SGD-momentum",
+    "vs optax.lars",
+    "temp MB",
+    "temp % params",
+    "kernels",
   ]
-  for r in res["rows"]:
-    out.append(
-      f"| `{r['name']}` | {r['ms']:.1f} | {r['x_sgd']:.2f}x | {r['x_optax_lars']:.2f}x | "
-      f"{r['temp_bytes'] / 1e6:.2f} | {r['temp_pct']:.2f}% | {r['kernels']} |"
+  rows = [
+    (
+      f"`{r['name']}`",
+      f"{r['ms']:.1f}",
+      f"{r['x_sgd']:.2f}x",
+      f"{r['x_optax_lars']:.2f}x",
+      f"{r['temp_bytes'] / 1e6:.2f}",
+      f"{r['temp_pct']:.2f}%",
+      str(r["kernels"]),
     )
-  return "\n".join(out)
+    for r in res["rows"]
+  ]
+  return harness.markdown_table(title, columns, rows)
 
 
 def plot(results: list[dict], path: str) -> None:

@@ -154,21 +154,31 @@ def run(batch_size: int, image_size: int, repeats: int) -> dict[str, Any]:
 
 
 def table(res: dict[str, Any]) -> str:
-  out = [
+  title = (
     f"ResNet-50 ({res['params']:,} params, {res['leaves']} leaves), batch "
     f"{res['batch_size']} of {res['image_size']}x{res['image_size']} images, float32; median "
-    f"of {res['repeats']} round-robin repeats.",
-    "",
-    "| optimizer | train step (ms) | vs plain SGD | step - plain SGD (ms) | "
-    "update alone (ms) | update alone / step |",
-    "|---|---:|---:|---:|---:|---:|",
+    f"of {res['repeats']} round-robin repeats."
+  )
+  columns = [
+    "optimizer",
+    "train step (ms)",
+    "vs plain SGD",
+    "step - plain SGD (ms)",
+    "update alone (ms)",
+    "update alone / step",
   ]
-  for r in res["rows"]:
-    out.append(
-      f"| `{r['name']}` | {r['step_ms']:.0f} | {r['x_floor']:.3f}x | "
-      f"{r['over_floor_ms']:+.0f} | {r['update_ms']:.1f} | {100 * r['share_update_alone']:.1f}% |"
+  rows = [
+    (
+      f"`{r['name']}`",
+      f"{r['step_ms']:.0f}",
+      f"{r['x_floor']:.3f}x",
+      f"{r['over_floor_ms']:+.0f}",
+      f"{r['update_ms']:.1f}",
+      f"{100 * r['share_update_alone']:.1f}%",
     )
-  return "\n".join(out)
+    for r in res["rows"]
+  ]
+  return harness.markdown_table(title, columns, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
