@@ -47,6 +47,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import lars_jax
 from benchmarks import harness
 from benchmarks import trees as trees_lib
 
@@ -356,18 +357,8 @@ def per_chip_param_bytes(params: Any) -> int:
 
 def compile_step(tx: optax.GradientTransformation, params: Any, param_sh: Any):
   """The donated step `params, state = step(params, state, grads)`, compiled for TPU."""
-  mesh = jax.tree.leaves(param_sh)[0].mesh
-  abstract_state = jax.eval_shape(tx.init, params)
-  state_sh = optax.tree_map_params(
-    tx,
-    lambda _, sh: sh,
-    abstract_state,
-    param_sh,
-    transform_non_params=lambda _: NamedSharding(mesh, P()),
-  )
-  state = jax.tree.map(
-    lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract_state, state_sh
-  )
+  state = lars_jax.sharding.abstract_state(tx, params, param_sh)  # the rest replicated
+  state_sh = jax.tree.map(lambda s: s.sharding, state)
 
   def step(params, state, grads):
     updates, state = tx.update(grads, state, params)

@@ -292,20 +292,10 @@ def sharded_setup(mesh):
   abstract_params = jax.tree.map(
     lambda a, sh: jax.ShapeDtypeStruct(a.shape, jnp.float32, sharding=sh), mlp_params(), param_sh
   )
-  abstract_state = jax.eval_shape(tx.init, abstract_params)
-  state_sh = optax.tree_map_params(
-    tx,
-    lambda _, sh: sh,
-    abstract_state,
-    param_sh,
-    transform_non_params=lambda _: NamedSharding(mesh, P()),
-  )
+  abstract_state = lars_jax.sharding.abstract_state(tx, abstract_params, param_sh)
+  state_sh = jax.tree.map(lambda s: s.sharding, abstract_state)
   shardings = {"params": param_sh, "opt_state": state_sh}
-  abstract = jax.tree.map(
-    lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-    {"params": abstract_params, "opt_state": abstract_state},
-    shardings,
-  )
+  abstract = {"params": abstract_params, "opt_state": abstract_state}
   data_sh = NamedSharding(mesh, P("data"))
 
   def step(params, opt_state, x, y):
