@@ -17,11 +17,18 @@ from lars_jax import masks as masks_lib
 AxisNames = Any  # None | str | tuple[str, ...] | PartitionSpec | pytree (prefix) of these
 
 
-def leaves_like(name: str, updates: Any, tree: Any, what: str, label: str) -> list[Any]:
-  """The leaves of `tree` (the transform's argument or state `what`), one per update
-  leaf; raises ValueError if its structure differs or a leaf's shape does (a
-  broadcastable one too: a (4, 1) gradient for a (4, 3) parameter is always a bug)."""
-  treedef = jax.tree.structure(updates)
+def leaf_path(tree: Any, i: int) -> str:
+  """The '/'-joined path of leaf `i` of `tree`, for an error message."""
+  return masks_lib.path_str(jax.tree_util.tree_flatten_with_path(tree)[0][i][0])
+
+
+def leaves_like(
+  name: str, updates: Any, tree: Any, what: str, label: str
+) -> tuple[list[Any], list[Any], Any]:
+  """(update leaves, leaves of `tree`, treedef): `tree` is the transform's argument or state
+  `what`; raises ValueError if its structure differs or a leaf's shape does (a broadcastable
+  one too: a (4, 1) gradient for a (4, 3) parameter is always a bug)."""
+  u_leaves, treedef = jax.tree.flatten(updates)
   try:
     leaves = treedef.flatten_up_to(tree)
   except (ValueError, TypeError) as e:
@@ -30,14 +37,14 @@ def leaves_like(name: str, updates: Any, tree: Any, what: str, label: str) -> li
       f"{what}: {jax.tree.structure(tree)}. Pass {what} with the same tree structure as "
       f"the gradients. ({e})"
     ) from None
-  for (path, u), r in zip(jax.tree_util.tree_flatten_with_path(updates)[0], leaves):
+  for i, (u, r) in enumerate(zip(u_leaves, leaves)):
     if getattr(u, "shape", None) != getattr(r, "shape", None):
       raise ValueError(
-        f"{name}: the update for {masks_lib.path_str(path)!r} has shape {tuple(u.shape)} "
+        f"{name}: the update for {leaf_path(updates, i)!r} has shape {tuple(u.shape)} "
         f"but its {label} has shape {tuple(r.shape)}. Pass gradients computed for these "
         "parameters (same tree, same shapes)."
       )
-  return leaves
+  return u_leaves, leaves, treedef
 
 
 def flat_update_args(
@@ -50,8 +57,7 @@ def flat_update_args(
     raise ValueError(
       f"{name} needs the current parameters: call `tx.update(updates, state, params)`."
     )
-  u_leaves, treedef = jax.tree.flatten(updates)
-  p_leaves = leaves_like(name, updates, params, "params", "parameter")
+  u_leaves, p_leaves, treedef = leaves_like(name, updates, params, "params", "parameter")
   _checks.check_float_leaves(name, params)
   return u_leaves, p_leaves, treedef, masks_lib.resolve(mask, params, arg=arg, owner=name)
 
@@ -75,8 +81,9 @@ def momentum_map(name: str, updates: Any, buffers: Any, step: Any) -> tuple[Any,
   """(outputs, new buffers) of a momentum transform: ``step(x, t) -> (out, new_t)`` per
   leaf, in the wide dtype of update and buffer, cast back to theirs; raises if the
   buffers do not match the updates."""
-  x_leaves, treedef = jax.tree.flatten(updates)
-  t_leaves = leaves_like(name, updates, buffers, "state.trace", "momentum buffer")
+  x_leaves, t_leaves, treedef = leaves_like(
+    name, updates, buffers, "state.trace", "momentum buffer"
+  )
   out, new = [], []
   for x, t in zip(x_leaves, t_leaves):
     acc = jnp.promote_types(_numerics.wide_dtype(x.dtype), _numerics.wide_dtype(t.dtype))
@@ -152,25 +159,24 @@ def checked_leaf_axes(
   axes = leaf_axes(axis_name, params)
   p_leaves = jax.tree.leaves(params)
   typed = {ax: _vma_typed(ax) for i in idx for ax in axes[i]}
-  paths = [masks_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   for i in idx:
-    varying, path = varying_axes(p_leaves[i]), paths[i]
+    varying = varying_axes(p_leaves[i])
     missing = varying - set(axes[i])
     if missing:
       ax = sorted(map(str, missing))
       raise ValueError(
-        f"{name}: parameter {path!r} varies over the mesh axis {ax} under shard_map, "
-        f"but `axis_name` gives it {list(axes[i]) or 'no axis'}: its norm would be the "
-        f"norm of this device's slice only. If the leaf is split over {ax}, pass "
+        f"{name}: parameter {leaf_path(params, i)!r} varies over the mesh axis {ax} under "
+        f"shard_map, but `axis_name` gives it {list(axes[i]) or 'no axis'}: its norm would be "
+        f"the norm of this device's slice only. If the leaf is split over {ax}, pass "
         f"axis_name={ax[0]!r} (or the params' PartitionSpec tree); if it should be "
         "replicated, give it an in_spec without that axis (or pmean it)."
       )
     extra = [ax for ax in axes[i] if typed[ax] and ax not in varying]
     if extra:
       raise ValueError(
-        f"{name}: parameter {path!r} is replicated over the mesh axis {extra} under "
-        f"shard_map, but `axis_name` gives it {list(axes[i])}: its squared norm would be "
-        f"summed once per device over {extra}. Pass the params' PartitionSpec tree as "
+        f"{name}: parameter {leaf_path(params, i)!r} is replicated over the mesh axis "
+        f"{extra} under shard_map, but `axis_name` gives it {list(axes[i])}: its squared norm "
+        f"would be summed once per device over {extra}. Pass the params' PartitionSpec tree as "
         "`axis_name` (e.g. the in_specs of the params), so that each leaf names only the "
         "axes it is split over, and None for replicated leaves."
       )
