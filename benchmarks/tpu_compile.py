@@ -146,23 +146,9 @@ def transformer_1b_shapes(
   depth: int = 18, d: int = 2048, heads: int = 16, mlp: int = 8192, vocab: int = 32768
 ) -> trees_lib.Shapes:
   """A GPT-style decoder, 1,040,670,720 params in 292 leaves (flax layout, untied head)."""
-  hd = d // heads
   tree: trees_lib.Shapes = {"embed": {"embedding": (vocab, d)}}
   for i in range(depth):
-    tree[f"block_{i}"] = {
-      "ln1": {"scale": (d,), "bias": (d,)},
-      "attn": {
-        "query": {"kernel": (d, heads, hd), "bias": (heads, hd)},
-        "key": {"kernel": (d, heads, hd), "bias": (heads, hd)},
-        "value": {"kernel": (d, heads, hd), "bias": (heads, hd)},
-        "out": {"kernel": (heads, hd, d), "bias": (d,)},
-      },
-      "ln2": {"scale": (d,), "bias": (d,)},
-      "mlp": {
-        "fc1": {"kernel": (d, mlp), "bias": (mlp,)},
-        "fc2": {"kernel": (mlp, d), "bias": (d,)},
-      },
-    }
+    tree[f"block_{i}"] = trees_lib.transformer_block(d, heads, mlp)
   tree["final_norm"] = {"scale": (d,), "bias": (d,)}
   tree["head"] = {"kernel": (d, vocab)}
   return tree

@@ -46,6 +46,22 @@ def resnet50_shapes(num_classes: int = 1000, base_width: int = 64) -> Shapes:
   return tree
 
 
+def transformer_block(d: int, heads: int, mlp: int) -> Shapes:
+  """One pre-norm transformer block (flax layout): layer norms, head-split attention, MLP."""
+  hd = d // heads
+  return {
+    "ln1": {"scale": (d,), "bias": (d,)},
+    "attn": {
+      "query": {"kernel": (d, heads, hd), "bias": (heads, hd)},
+      "key": {"kernel": (d, heads, hd), "bias": (heads, hd)},
+      "value": {"kernel": (d, heads, hd), "bias": (heads, hd)},
+      "out": {"kernel": (heads, hd, d), "bias": (d,)},
+    },
+    "ln2": {"scale": (d,), "bias": (d,)},
+    "mlp": {"fc1": {"kernel": (d, mlp), "bias": (mlp,)}, "fc2": {"kernel": (mlp, d), "bias": (d,)}},
+  }
+
+
 def vit_b16_shapes(num_classes: int = 1000, image: int = 224, patch: int = 16) -> Shapes:
   """ViT-B/16 (flax/big_vision layout): 86,567,656 params in 200 leaves."""
   d, mlp, heads, depth = 768, 3072, 12, 12
@@ -56,20 +72,7 @@ def vit_b16_shapes(num_classes: int = 1000, image: int = 224, patch: int = 16) -
     "pos_embedding": (1, tokens, d),
   }
   for i in range(depth):
-    tree[f"encoderblock_{i}"] = {
-      "ln1": {"scale": (d,), "bias": (d,)},
-      "attn": {
-        "query": {"kernel": (d, heads, d // heads), "bias": (heads, d // heads)},
-        "key": {"kernel": (d, heads, d // heads), "bias": (heads, d // heads)},
-        "value": {"kernel": (d, heads, d // heads), "bias": (heads, d // heads)},
-        "out": {"kernel": (heads, d // heads, d), "bias": (d,)},
-      },
-      "ln2": {"scale": (d,), "bias": (d,)},
-      "mlp": {
-        "fc1": {"kernel": (d, mlp), "bias": (mlp,)},
-        "fc2": {"kernel": (mlp, d), "bias": (d,)},
-      },
-    }
+    tree[f"encoderblock_{i}"] = transformer_block(d, heads, mlp)
   tree["encoder_norm"] = {"scale": (d,), "bias": (d,)}
   tree["head"] = {"kernel": (d, num_classes), "bias": (num_classes,)}
   return tree
